@@ -1,0 +1,104 @@
+"""The contract between the domain and the places Airflow runs.
+
+The reconciler (service/) drives a backend through this interface only, so a
+second backend (Kubernetes) fits without touching the domain. Every method is
+called from a reconciler worker thread, never from the API's event loop, and
+may block; each must be idempotent, because after a control-plane restart the
+reconciler repeats whatever step it was in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Progress = Callable[[str], None]
+"""Receives one human line per step of long work ("installing Airflow 3.3.2")."""
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """Everything a backend needs to run one environment, already validated."""
+
+    name: str
+    arn: str
+    airflow_version: str
+    environment_class: str
+    tasks_per_worker: int
+    min_workers: int
+    max_workers: int
+    schedulers: int
+    min_webservers: int
+    max_webservers: int
+    source_bucket: str
+    """The bucket's name (from SourceBucketArn)."""
+    dag_s3_path: str
+    plugins_s3_path: str | None = None
+    plugins_s3_object_version: str | None = None
+    requirements_s3_path: str | None = None
+    requirements_s3_object_version: str | None = None
+    startup_script_s3_path: str | None = None
+    startup_script_s3_object_version: str | None = None
+    airflow_configuration_options: Mapping[str, str] = field(default_factory=dict)
+    webserver_access_mode: str = "PRIVATE_ONLY"
+    logging: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What a backend observed of a running environment."""
+
+    healthy: bool
+    detail: str = ""
+    """Why not healthy, in words a user can act on (empty when healthy)."""
+    components: Mapping[str, str] = field(default_factory=dict)
+    """Component name -> state ("healthy", "starting", "down", ...)."""
+
+
+class RuntimeFailure(Exception):
+    """A step failed for a reason the user can fix; becomes LastUpdate.Error.
+
+    ``code`` is an MWAA-style error code (e.g. ``INCORRECT_REQUIREMENTS``),
+    ``str(self)`` the useful line of the failure.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Backend(Protocol):
+    """Where environments run. The local backend is the embedded default."""
+
+    def supported_versions(self) -> list[str]:
+        """Airflow versions this backend can run, newest first."""
+        ...
+
+    def provision(self, spec: EnvironmentSpec, progress: Progress) -> None:
+        """Prepare everything the environment needs (install, database, folders)."""
+        ...
+
+    def start(self, spec: EnvironmentSpec, progress: Progress) -> None:
+        """Make the environment's components run; no-op for those already running."""
+        ...
+
+    def apply(self, old: EnvironmentSpec, new: EnvironmentSpec, progress: Progress) -> None:
+        """Move a running environment from ``old`` to ``new``, restarting what changed."""
+        ...
+
+    def health(self, spec: EnvironmentSpec) -> Health:
+        """Cheap check of a started environment; called every few seconds."""
+        ...
+
+    def webserver_url(self, spec: EnvironmentSpec) -> str | None:
+        """Base URL of the environment's Airflow API server, once started."""
+        ...
+
+    def destroy(self, spec: EnvironmentSpec, progress: Progress) -> None:
+        """Stop every process and remove the environment's data. Idempotent."""
+        ...
+
+    def shutdown(self) -> None:
+        """The control plane is stopping: release what the backend holds in-process."""
+        ...

@@ -1,0 +1,46 @@
+"""Server settings: one place that knows the defaults and the environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+DEFAULT_REGION = "us-east-1"
+DEFAULT_ACCOUNT_ID = "123456789012"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("OPENMWAA_DATA_DIR") or Path.home() / ".openmwaa")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    region: str = DEFAULT_REGION
+    account_id: str = DEFAULT_ACCOUNT_ID
+    database_url: str | None = None
+    """The control plane's own store; SQLite in the data dir when unset."""
+    backend: str = "local"
+    """``local`` (Airflow processes on this host) or ``test`` (see runtime/testing.py)."""
+    public_host: str | None = None
+    """Address the PUBLIC_* web server access modes are served on."""
+    airflow_database_url: str | None = None
+    """PostgreSQL admin URL: environments get their own database and role there."""
+    bucket_store: str = "local"
+    """``local`` (folders under ``<data-dir>/buckets``) or ``s3`` (boto3's usual configuration)."""
+    reconcile_interval: float = 2.0
+    """Seconds between health checks of running environments."""
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'openmwaa.db'}"
+
+    @property
+    def endpoint_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
