@@ -95,6 +95,11 @@ class Backend(Protocol):
         """Base URL of the environment's Airflow API server, once started."""
         ...
 
+    def airflow_api(self, spec: EnvironmentSpec, role: str) -> tuple[str, str]:
+        """(base URL, bearer token) for calling the environment's Airflow REST API as
+        a user with ``role`` (Admin, Op, User, Viewer or Public)."""
+        ...
+
     def destroy(self, spec: EnvironmentSpec, progress: Progress) -> None:
         """Stop every process and remove the environment's data. Idempotent."""
         ...

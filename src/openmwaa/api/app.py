@@ -1,0 +1,136 @@
+"""The ASGI application: every MWAA request is authenticated, routed, parsed,
+validated and dispatched here, and every failure becomes an AWS error.
+
+A plain ASGI callable rather than a framework router: the routes come from
+botocore's model (protocol.py) and each request needs the raw path and body
+for SigV4 anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from anyio import to_thread
+
+from openmwaa.api import protocol, sigv4
+from openmwaa.api.provider import MwaaProvider
+from openmwaa.api.validation import validate
+from openmwaa.service.errors import (
+    AccessDeniedException,
+    InternalServerException,
+    ServiceError,
+    ValidationException,
+)
+from openmwaa.service.identity import Identities
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+"""Larger bodies are refused: no MWAA request comes near it."""
+SIGNING_NAME = "airflow"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, declared: str | None) -> bytes:
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+class MwaaApi:
+    def __init__(self, provider: MwaaProvider, identities: Identities, region: str) -> None:
+        self._provider = provider
+        self._identities = identities
+        self._region = region
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return
+        request_id = str(uuid.uuid4())
+        try:
+            response = await self._handle(scope, receive, request_id)
+        except ServiceError as e:
+            response = protocol.serialize_error(e, request_id)
+        except Exception:
+            log.exception("request %s failed", request_id)
+            response = protocol.serialize_error(
+                InternalServerException(
+                    f"The server failed to process the request; request id {request_id}."
+                ),
+                request_id,
+            )
+        status, headers, body = response
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers]
+                + [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> protocol.Response:
+        headers = protocol.header_map(scope["headers"])
+        try:
+            body = await _read_body(receive, headers.get("content-length"))
+        except _BodyTooLarge:
+            raise ValidationException(
+                f"The request body is larger than {MAX_BODY} bytes."
+            ) from None
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        raw_path_text = raw_path.decode("latin-1")
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        method = scope["method"]
+        try:
+            key_id = sigv4.verify(
+                method,
+                raw_path_text,
+                raw_query,
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+                body,
+                region=self._region,
+                service=SIGNING_NAME,
+                lookup_secret=self._secret,
+            )
+        except sigv4.SignatureError as e:
+            raise AccessDeniedException(e.message) from None
+        caller = self._identities.caller(key_id)
+        if caller is None:  # deleted between the two look-ups
+            raise AccessDeniedException("The security token included in the request is invalid.")
+        try:
+            operation, labels = protocol.match(method, raw_path_text)
+        except protocol.UnknownOperation as e:
+            return protocol.error_response("UnknownOperationException", 404, str(e), request_id)
+        params = protocol.parse_request(operation, labels, raw_query, headers, body)
+        validate(operation.input_shape, params)
+        handler = self._provider.handlers[operation.name]
+        output = await to_thread.run_sync(handler, caller, params)
+        return protocol.serialize_response(operation, output, request_id)
+
+    def _secret(self, access_key_id: str) -> str | None:
+        caller = self._identities.caller(access_key_id)
+        return caller.secret_access_key if caller else None

@@ -1,0 +1,87 @@
+"""One method per MWAA operation: authorize the caller, then call the domain.
+
+Each method takes the caller and the validated input (keyed by member name)
+and returns the output structure. The IAM resource of each operation is the
+one AWS documents: the environment ARN, the role ARN for web login tokens,
+``*`` for ListEnvironments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from openmwaa.service.endpoint import Endpoint
+from openmwaa.service.environments import Environments
+from openmwaa.service.identity import Caller
+
+Handler = Callable[[Caller, dict[str, Any]], dict[str, Any] | None]
+
+
+class MwaaProvider:
+    def __init__(self, environments: Environments, endpoint: Endpoint) -> None:
+        self._envs = environments
+        self._endpoint = endpoint
+        self.handlers: dict[str, Handler] = {name: getattr(self, name) for name in _OPERATIONS}
+
+    def CreateEnvironment(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        caller.authorize("CreateEnvironment", self._envs.arn(p["Name"]))
+        return {"Arn": self._envs.create(p["Name"], p)}
+
+    def GetEnvironment(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        caller.authorize("GetEnvironment", self._envs.arn(p["Name"]))
+        return {"Environment": self._envs.get(p["Name"])}
+
+    def UpdateEnvironment(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        caller.authorize("UpdateEnvironment", self._envs.arn(p["Name"]))
+        return {"Arn": self._envs.update(p["Name"], p)}
+
+    def DeleteEnvironment(self, caller: Caller, p: dict[str, Any]) -> None:
+        caller.authorize("DeleteEnvironment", self._envs.arn(p["Name"]))
+        self._envs.delete(p["Name"])
+
+    def ListEnvironments(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        caller.authorize("ListEnvironments", "*")
+        return self._envs.list(p.get("MaxResults"), p.get("NextToken"))
+
+    def TagResource(self, caller: Caller, p: dict[str, Any]) -> None:
+        caller.authorize("TagResource", p["ResourceArn"])
+        self._envs.tag(p["ResourceArn"], p["Tags"])
+
+    def UntagResource(self, caller: Caller, p: dict[str, Any]) -> None:
+        caller.authorize("UntagResource", p["ResourceArn"])
+        self._envs.untag(p["ResourceArn"], p["tagKeys"])
+
+    def ListTagsForResource(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        caller.authorize("ListTagsForResource", p["ResourceArn"])
+        return {"Tags": self._envs.tags(p["ResourceArn"])}
+
+    def PublishMetrics(self, caller: Caller, p: dict[str, Any]) -> None:
+        caller.authorize("PublishMetrics", self._envs.arn(p["EnvironmentName"]))
+        self._envs.check_exists(p["EnvironmentName"])
+
+    def CreateCliToken(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        caller.authorize("CreateCliToken", self._envs.arn(p["Name"]))
+        return self._endpoint.cli_token(caller, p["Name"])
+
+    def CreateWebLoginToken(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        return self._endpoint.web_login_token(caller, p["Name"])
+
+    def InvokeRestApi(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        return self._endpoint.invoke_rest_api(caller, p)
+
+
+_OPERATIONS = (
+    "CreateEnvironment",
+    "GetEnvironment",
+    "UpdateEnvironment",
+    "DeleteEnvironment",
+    "ListEnvironments",
+    "TagResource",
+    "UntagResource",
+    "ListTagsForResource",
+    "PublishMetrics",
+    "CreateCliToken",
+    "CreateWebLoginToken",
+    "InvokeRestApi",
+)

@@ -1,0 +1,182 @@
+"""``openmwaa ...``: serve the control plane, print credentials, manage access keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from openmwaa import settings as defaults
+from openmwaa.settings import Settings
+
+console = Console(stderr=True)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where state lives (default: $OPENMWAA_DATA_DIR or ~/.openmwaa)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("OPENMWAA_DATABASE_URL"),
+        help="the control plane's store (default: SQLite in the data dir); e.g. "
+        "postgresql://user@host:5432/openmwaa",
+    )
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    data_dir = (args.data_dir or defaults.default_data_dir()).expanduser().resolve()
+    return Settings(data_dir=data_dir, database_url=args.database_url, **extra)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from openmwaa.server import serve
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    serve(
+        _settings(
+            args,
+            host=args.host,
+            port=args.port,
+            region=args.region,
+            account_id=args.account_id,
+            backend=args.backend,
+            bucket_store=args.bucket_store,
+            public_host=args.public_host,
+            airflow_database_url=args.airflow_database_url,
+        )
+    )
+    return 0
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    from openmwaa.server import ADMIN_KEY_FILE, SERVER_FILE
+
+    settings = _settings(args)
+    key_file = settings.data_dir / ADMIN_KEY_FILE
+    if not key_file.exists():
+        console.print(
+            f"[red]No admin key in {settings.data_dir}[/]: start the server once "
+            f"(openmwaa serve --data-dir {settings.data_dir}) to create it."
+        )
+        return 1
+    key = json.loads(key_file.read_text())
+    server_file = settings.data_dir / SERVER_FILE
+    server = json.loads(server_file.read_text()) if server_file.exists() else {}
+    lines = {
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        "AWS_DEFAULT_REGION": server.get("region", settings.region),
+        "AWS_ENDPOINT_URL_MWAA": server.get("endpoint_url", settings.endpoint_url),
+        "AWS_DISABLE_HOST_PREFIX_INJECTION": "true",
+    }
+    for name, value in lines.items():
+        print(f"export {name}={value}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from openmwaa.server import open_store
+    from openmwaa.service.identity import Identities
+    from openmwaa.service.policies import PolicyError
+
+    settings = _settings(args)
+    identities = Identities(open_store(settings), settings.account_id)
+    if args.keys_command == "create":
+        policy: Any = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "airflow:*", "Resource": "*"}],
+        }
+        if args.policy:
+            text = args.policy
+            if not text.lstrip().startswith("{"):
+                text = Path(text).read_text()
+            policy = text
+        try:
+            key_id, secret = identities.create_key(args.user, policy)
+        except (ValueError, PolicyError) as e:
+            console.print(f"[red]Cannot create the key:[/] {e}")
+            return 2
+        print(json.dumps({"AccessKeyId": key_id, "SecretAccessKey": secret, "UserName": args.user}))
+        console.print("[yellow]The secret is shown only now: keep it safe.[/]")
+    elif args.keys_command == "list":
+        keys = identities.list_keys()
+        if args.json:
+            print(json.dumps(keys, indent=2))
+        else:
+            table = Table("AccessKeyId", "UserName", "CreatedAt")
+            for key in keys:
+                table.add_row(key["AccessKeyId"], key["UserName"], key["CreatedAt"])
+            Console().print(table)
+    elif args.keys_command == "delete":
+        if not identities.delete_key(args.access_key_id):
+            console.print(f"[red]No access key {args.access_key_id}.[/]")
+            return 1
+        console.print(f"Deleted {args.access_key_id}.")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="openmwaa", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the MWAA API and the environments")
+    _common(serve)
+    serve.add_argument("--host", default=defaults.DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=defaults.DEFAULT_PORT)
+    serve.add_argument(
+        "--region", default=os.environ.get("OPENMWAA_REGION", defaults.DEFAULT_REGION)
+    )
+    serve.add_argument(
+        "--account-id", default=os.environ.get("OPENMWAA_ACCOUNT_ID", defaults.DEFAULT_ACCOUNT_ID)
+    )
+    serve.add_argument("--backend", choices=("local", "test"), default="local")
+    serve.add_argument("--bucket-store", choices=("local", "s3"), default="local")
+    serve.add_argument("--public-host", default=None, help="address for PUBLIC_* web servers")
+    serve.add_argument(
+        "--airflow-database-url",
+        default=os.environ.get("OPENMWAA_AIRFLOW_DATABASE_URL"),
+        help="PostgreSQL admin URL: each environment gets its own database there",
+    )
+    serve.set_defaults(func=_serve)
+
+    credentials = commands.add_parser("credentials", help="print export lines for the admin key")
+    _common(credentials)
+    credentials.set_defaults(func=_credentials)
+
+    keys = commands.add_parser("keys", help="access keys of named users, with their policies")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="create a key for a user")
+    _common(create)
+    create.add_argument("user")
+    create.add_argument(
+        "--policy", help="IAM-style policy: JSON text or a file (default: allow airflow:*)"
+    )
+    listing = keys_commands.add_parser("list", help="list keys (never their secrets)")
+    _common(listing)
+    listing.add_argument("--json", action="store_true")
+    delete = keys_commands.add_parser("delete", help="delete a key")
+    _common(delete)
+    delete.add_argument("access_key_id")
+    keys.set_defaults(func=_keys)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,106 @@
+"""Assembles the control plane (store, backend, domain, reconciler, API) and serves it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from openmwaa.api.app import MwaaApi
+from openmwaa.api.provider import MwaaProvider
+from openmwaa.runtime.base import Backend
+from openmwaa.runtime.config import refused_config_keys
+from openmwaa.service.endpoint import Endpoint
+from openmwaa.service.environments import Environments
+from openmwaa.service.identity import Identities
+from openmwaa.service.reconciler import Reconciler
+from openmwaa.settings import Settings
+from openmwaa.store.db import Store, secure_file
+
+log = logging.getLogger(__name__)
+
+ADMIN_KEY_FILE = "admin-key.json"
+SERVER_FILE = "server.json"
+
+
+@dataclass
+class ControlPlane:
+    settings: Settings
+    store: Store
+    backend: Backend
+    identities: Identities
+    environments: Environments
+    reconciler: Reconciler
+    app: MwaaApi
+
+
+def open_store(settings: Settings) -> Store:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = Store(settings.store_url)
+    store.migrate()
+    return store
+
+
+def build(settings: Settings) -> ControlPlane:
+    store = open_store(settings)
+    backend = _make_backend(settings)
+    identities = Identities(store, settings.account_id)
+    environments = Environments(
+        store,
+        region=settings.region,
+        account_id=settings.account_id,
+        supported_versions=backend.supported_versions(),
+        refused_config_keys=refused_config_keys,
+    )
+    reconciler = Reconciler(store, backend, environments, interval=settings.reconcile_interval)
+    environments.set_wake(reconciler.wake)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    endpoint = Endpoint(store, environments, backend, f"{host}:{settings.port}")
+    app = MwaaApi(MwaaProvider(environments, endpoint), identities, settings.region)
+    return ControlPlane(settings, store, backend, identities, environments, reconciler, app)
+
+
+def _make_backend(settings: Settings) -> Backend:
+    if settings.backend == "test":
+        from openmwaa.runtime.testing import ProcessBackend
+
+        return ProcessBackend(settings.data_dir)
+    from openmwaa.runtime import make_backend
+
+    return make_backend(settings)
+
+
+def admin_key_path(data_dir: Path) -> Path:
+    return data_dir / ADMIN_KEY_FILE
+
+
+def write_server_file(settings: Settings) -> None:
+    """What ``openmwaa credentials`` needs to know about the running server."""
+    path = settings.data_dir / SERVER_FILE
+    path.write_text(json.dumps({"endpoint_url": settings.endpoint_url, "region": settings.region}))
+    secure_file(path)
+
+
+def serve(settings: Settings) -> None:
+    plane = build(settings)
+    plane.identities.ensure_admin_key(admin_key_path(settings.data_dir))
+    write_server_file(settings)
+    plane.reconciler.start()
+    config = uvicorn.Config(
+        plane.app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    log.info("openmwaa serving the MWAA API on %s", settings.endpoint_url)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        plane.reconciler.stop()
+        plane.store.close()

@@ -1,0 +1,425 @@
+"""Environments as MWAA defines them: defaults, rules beyond the model, and their records.
+
+API calls only record what the user wants and return at once; the reconciler
+moves the environment. Everything that could make a request fail is checked
+here, before anything is written, so a refused request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from openmwaa.runtime.base import EnvironmentSpec
+from openmwaa.service.classes import CLASSES, DEFAULT_CLASS
+from openmwaa.service.errors import ResourceNotFoundException, ValidationException
+from openmwaa.store.db import Store
+from openmwaa.store.models import EnvironmentRow
+
+LOG_MODULES = {
+    "DagProcessingLogs": "DAGProcessing",
+    "SchedulerLogs": "Scheduler",
+    "WebserverLogs": "WebServer",
+    "WorkerLogs": "Worker",
+    "TaskLogs": "Task",
+}
+DEFAULT_LOGGING = {
+    module: {"Enabled": module == "TaskLogs", "LogLevel": "INFO"} for module in LOG_MODULES
+}
+MAINTENANCE_WINDOW = re.compile(r"(MON|TUE|WED|THU|FRI|SAT|SUN):([01]\d|2[0-3]):(00|30)")
+DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+UPDATABLE_STATUSES = ("AVAILABLE", "UPDATE_FAILED", "UNAVAILABLE")
+DEFAULT_PAGE_SIZE = 25
+_S3_PATHS = ("DagS3Path", "PluginsS3Path", "RequirementsS3Path", "StartupScriptS3Path")
+_PLAIN_FIELDS = (
+    "ExecutionRoleArn",
+    "SourceBucketArn",
+    "DagS3Path",
+    "PluginsS3Path",
+    "PluginsS3ObjectVersion",
+    "RequirementsS3Path",
+    "RequirementsS3ObjectVersion",
+    "StartupScriptS3Path",
+    "StartupScriptS3ObjectVersion",
+    "AirflowConfigurationOptions",
+    "EnvironmentClass",
+    "MaxWorkers",
+    "MinWorkers",
+    "KmsKey",
+    "AirflowVersion",
+    "WeeklyMaintenanceWindowStart",
+    "WebserverAccessMode",
+    "Schedulers",
+    "EndpointManagement",
+    "MinWebservers",
+    "MaxWebservers",
+)
+"""Fields copied as they are from the request into the stored configuration."""
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Environments:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        region: str,
+        account_id: str,
+        supported_versions: Sequence[str],
+        refused_config_keys: Callable[[Mapping[str, str]], list[str]],
+    ) -> None:
+        self._store = store
+        self.region = region
+        self.account_id = account_id
+        self._versions = list(supported_versions)
+        self._refused_config_keys = refused_config_keys
+        self._wake: Callable[[], None] = lambda: None
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        """Called after every accepted change, so the reconciler starts on it at once."""
+        self._wake = wake
+
+    # -- names and ARNs -------------------------------------------------------
+
+    def arn(self, name: str) -> str:
+        return f"arn:aws:airflow:{self.region}:{self.account_id}:environment/{name}"
+
+    def role_arn(self, name: str, role: str) -> str:
+        return f"arn:aws:airflow:{self.region}:{self.account_id}:role/{name}/{role}"
+
+    def row(self, name: str) -> EnvironmentRow:
+        row = self._store.get_environment(name)
+        if row is None:
+            raise ResourceNotFoundException(f"Environment {name} does not exist.")
+        return row
+
+    def _row_by_arn(self, arn: str) -> EnvironmentRow:
+        row = self._store.get_environment_by_arn(arn)
+        if row is None:
+            raise ResourceNotFoundException(f"Resource {arn} does not exist.")
+        return row
+
+    # -- operations -----------------------------------------------------------
+
+    def create(self, name: str, request: Mapping[str, Any]) -> str:
+        spec: dict[str, Any] = {
+            "EnvironmentClass": DEFAULT_CLASS,
+            "MinWorkers": 1,
+            "MaxWorkers": 10,
+            "Schedulers": 2,
+            "MinWebservers": 2,
+            "MaxWebservers": 2,
+            "WebserverAccessMode": "PRIVATE_ONLY",
+            "EndpointManagement": "SERVICE",
+            "AirflowVersion": self._versions[0],
+            "AirflowConfigurationOptions": {},
+            "LoggingConfiguration": copy.deepcopy(DEFAULT_LOGGING),
+            "WeeklyMaintenanceWindowStart": _default_window(name),
+        }
+        if request.get("EnvironmentClass") == "mw1.micro":
+            spec.update(MaxWorkers=1, Schedulers=1, MinWebservers=1, MaxWebservers=1)
+        spec.update({k: request[k] for k in _PLAIN_FIELDS if k in request})
+        spec["NetworkConfiguration"] = dict(request["NetworkConfiguration"])
+        _merge_logging(spec, request.get("LoggingConfiguration"))
+        spec["CeleryExecutorQueue"] = (
+            f"arn:aws:sqs:{self.region}:{self.account_id}:airflow-celery-{uuid.uuid4()}"
+        )
+        tags = dict(request.get("Tags") or {})
+        self._check(spec)
+        _check_tags(tags)
+        row = EnvironmentRow(
+            name=name,
+            arn=self.arn(name),
+            status="CREATING",
+            created_at=datetime.now(UTC),
+            spec=spec,
+            applied=None,
+            tags=tags,
+            last_update=None,
+            webserver_url=None,
+            detail=None,
+            generation=1,
+        )
+        if not self._store.insert_environment(row):
+            raise ValidationException(
+                f"An environment named {name} already exists. Choose another name."
+            )
+        self._wake()
+        return row.arn
+
+    def update(self, name: str, request: Mapping[str, Any]) -> str:
+        row = self.row(name)
+        if row.status not in UPDATABLE_STATUSES:
+            raise ValidationException(
+                f"Environment {name} is {row.status}: it can be updated only when "
+                f"{', '.join(UPDATABLE_STATUSES)}. Wait for the current change to finish."
+            )
+        spec = copy.deepcopy(row.spec)
+        version = request.get("AirflowVersion")
+        if version is not None and version != spec["AirflowVersion"]:
+            raise ValidationException(
+                f"Changing AirflowVersion from {spec['AirflowVersion']} to {version} is not "
+                "supported yet: create a new environment with that version instead."
+            )
+        spec.update({k: request[k] for k in _PLAIN_FIELDS if k in request})
+        if "NetworkConfiguration" in request:
+            spec["NetworkConfiguration"]["SecurityGroupIds"] = list(
+                request["NetworkConfiguration"]["SecurityGroupIds"]
+            )
+        _merge_logging(spec, request.get("LoggingConfiguration"))
+        self._check(spec)
+        last_update: dict[str, Any] = {
+            "Status": "PENDING",
+            "CreatedAt": datetime.now(UTC).timestamp(),
+            "Source": "UpdateEnvironment",
+        }
+        if "WorkerReplacementStrategy" in request:
+            last_update["WorkerReplacementStrategy"] = request["WorkerReplacementStrategy"]
+        changed = self._store.update_environment(
+            name,
+            expect_generation=row.generation,
+            status="UPDATING",
+            spec=spec,
+            last_update=last_update,
+            generation=row.generation + 1,
+        )
+        if not changed:
+            raise ValidationException(
+                f"Environment {name} changed while this update was checked. Try again."
+            )
+        self._wake()
+        return row.arn
+
+    def delete(self, name: str) -> None:
+        row = self.row(name)
+        if row.status == "DELETING":
+            return
+        self._store.update_environment(name, status="DELETING", generation=row.generation + 1)
+        self._wake()
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.describe(self.row(name))
+
+    def list(self, max_results: int | None, next_token: str | None) -> dict[str, Any]:
+        limit = max_results or DEFAULT_PAGE_SIZE
+        after = _decode_token(next_token) if next_token else None
+        names = self._store.list_environment_names(after, limit + 1)
+        result: dict[str, Any] = {"Environments": names[:limit]}
+        if len(names) > limit:
+            result["NextToken"] = _encode_token(names[limit - 1])
+        return result
+
+    def tag(self, arn: str, tags: Mapping[str, str]) -> None:
+        _check_tags(tags)
+        row = self._row_by_arn(arn)
+        merged = {**row.tags, **tags}
+        if len(merged) > 50:
+            raise ValidationException(
+                f"An environment can have at most 50 tags; this would make {len(merged)}."
+            )
+        self._store.update_environment(row.name, tags=merged)
+
+    def untag(self, arn: str, keys: Sequence[str]) -> None:
+        row = self._row_by_arn(arn)
+        self._store.update_environment(
+            row.name, tags={k: v for k, v in row.tags.items() if k not in set(keys)}
+        )
+
+    def tags(self, arn: str) -> dict[str, str]:
+        return dict(self._row_by_arn(arn).tags)
+
+    def check_exists(self, name: str) -> None:
+        """PublishMetrics' only rule: the environment must exist (as a ValidationException)."""
+        if self._store.get_environment(name) is None:
+            raise ValidationException(f"Environment {name} does not exist.")
+
+    # -- views ----------------------------------------------------------------
+
+    def describe(self, row: EnvironmentRow) -> dict[str, Any]:
+        """The Environment structure GetEnvironment returns."""
+        spec = row.spec
+        env: dict[str, Any] = {
+            "Name": row.name,
+            "Status": row.status,
+            "Arn": row.arn,
+            "CreatedAt": utc(row.created_at),
+            "ServiceRoleArn": (
+                f"arn:aws:iam::{self.account_id}:role/aws-service-role/"
+                "airflow.amazonaws.com/AWSServiceRoleForAmazonMWAA"
+            ),
+            "Tags": dict(row.tags),
+        }
+        env.update({k: spec[k] for k in _PLAIN_FIELDS if spec.get(k) is not None})
+        env["NetworkConfiguration"] = spec["NetworkConfiguration"]
+        env["CeleryExecutorQueue"] = spec["CeleryExecutorQueue"]
+        env["LoggingConfiguration"] = {
+            module: {
+                **settings,
+                **(
+                    {
+                        "CloudWatchLogGroupArn": (
+                            f"arn:aws:logs:{self.region}:{self.account_id}:log-group:"
+                            f"airflow-{row.name}-{LOG_MODULES[module]}"
+                        )
+                    }
+                    if settings["Enabled"]
+                    else {}
+                ),
+            }
+            for module, settings in spec["LoggingConfiguration"].items()
+        }
+        if row.webserver_url:
+            env["WebserverUrl"] = row.webserver_url
+        if row.last_update:
+            last = dict(row.last_update)
+            last["CreatedAt"] = datetime.fromtimestamp(last["CreatedAt"], UTC)
+            env["LastUpdate"] = last
+        return env
+
+    def spec_of(self, name: str, config: Mapping[str, Any]) -> EnvironmentSpec:
+        """What a backend needs, from a stored configuration."""
+        env_class = CLASSES[config["EnvironmentClass"]]
+        logging = config["LoggingConfiguration"]
+        return EnvironmentSpec(
+            name=name,
+            arn=self.arn(name),
+            airflow_version=config["AirflowVersion"],
+            environment_class=env_class.name,
+            tasks_per_worker=env_class.tasks_per_worker,
+            min_workers=config["MinWorkers"],
+            max_workers=config["MaxWorkers"],
+            schedulers=config["Schedulers"],
+            min_webservers=config["MinWebservers"],
+            max_webservers=config["MaxWebservers"],
+            source_bucket=config["SourceBucketArn"].rsplit(":", 1)[-1],
+            dag_s3_path=config["DagS3Path"],
+            plugins_s3_path=config.get("PluginsS3Path"),
+            plugins_s3_object_version=config.get("PluginsS3ObjectVersion"),
+            requirements_s3_path=config.get("RequirementsS3Path"),
+            requirements_s3_object_version=config.get("RequirementsS3ObjectVersion"),
+            startup_script_s3_path=config.get("StartupScriptS3Path"),
+            startup_script_s3_object_version=config.get("StartupScriptS3ObjectVersion"),
+            airflow_configuration_options=dict(config.get("AirflowConfigurationOptions") or {}),
+            webserver_access_mode=config["WebserverAccessMode"],
+            logging=logging,
+        )
+
+    # -- rules beyond the model --------------------------------------------------
+
+    def _check(self, spec: Mapping[str, Any]) -> None:
+        errors: list[str] = []
+        env_class = CLASSES.get(spec["EnvironmentClass"])
+        if env_class is None:
+            raise ValidationException(
+                f"EnvironmentClass {spec['EnvironmentClass']} is not valid. "
+                f"Valid classes: {', '.join(CLASSES)}."
+            )
+        if spec["AirflowVersion"] not in self._versions:
+            errors.append(
+                f"AirflowVersion {spec['AirflowVersion']} is not supported. "
+                f"Supported versions: {', '.join(self._versions)}."
+            )
+        for low, high, lo_name, hi_name, cap in (
+            ("MinWorkers", "MaxWorkers", "MinWorkers", "MaxWorkers", env_class.max_workers),
+            (
+                "MinWebservers",
+                "MaxWebservers",
+                "MinWebservers",
+                "MaxWebservers",
+                env_class.max_webservers,
+            ),
+        ):
+            if spec[low] > spec[high]:
+                errors.append(f"{lo_name} ({spec[low]}) must not exceed {hi_name} ({spec[high]}).")
+            if spec[high] > cap:
+                errors.append(
+                    f"{hi_name} must be at most {cap} for {env_class.name}; got {spec[high]}."
+                )
+        if spec["MinWebservers"] < env_class.min_webservers:
+            errors.append(
+                f"MinWebservers must be at least {env_class.min_webservers} for "
+                f"{env_class.name}; got {spec['MinWebservers']}."
+            )
+        if not env_class.min_schedulers <= spec["Schedulers"] <= env_class.max_schedulers:
+            errors.append(
+                f"Schedulers must be between {env_class.min_schedulers} and "
+                f"{env_class.max_schedulers} for {env_class.name}; got {spec['Schedulers']}."
+            )
+        if not MAINTENANCE_WINDOW.fullmatch(spec["WeeklyMaintenanceWindowStart"]):
+            errors.append(
+                "WeeklyMaintenanceWindowStart must be DAY:HH:MM with DAY one of "
+                f"{', '.join(DAYS)}, HH 00-23 and MM 00 or 30 (e.g. TUE:03:30); got "
+                f"{spec['WeeklyMaintenanceWindowStart']!r}."
+            )
+        for field in _S3_PATHS:
+            path = spec.get(field)
+            if path is not None and (
+                path.startswith("/") or ".." in path.split("/") or "\\" in path or "\0" in path
+            ):
+                errors.append(
+                    f"{field} must be a path relative to the bucket without '..' or a "
+                    f"leading '/'; got {path!r}."
+                )
+        for field in ("PluginsS3Path", "RequirementsS3Path", "StartupScriptS3Path"):
+            version_field = field.replace("Path", "ObjectVersion")
+            if spec.get(version_field) and not spec.get(field):
+                errors.append(f"{version_field} needs {field}.")
+        refused = self._refused_config_keys(spec.get("AirflowConfigurationOptions") or {})
+        if refused:
+            errors.append(
+                "AirflowConfigurationOptions may not set "
+                f"{', '.join(sorted(refused))}: the service manages these."
+            )
+        if errors:
+            raise ValidationException(" ".join(errors))
+
+
+def _merge_logging(spec: dict[str, Any], request: Mapping[str, Any] | None) -> None:
+    for module, settings in (request or {}).items():
+        spec["LoggingConfiguration"][module] = {
+            "Enabled": settings["Enabled"],
+            "LogLevel": settings["LogLevel"],
+        }
+
+
+def _check_tags(tags: Mapping[str, str]) -> None:
+    reserved = [k for k in tags if k.lower().startswith("aws:")]
+    if reserved:
+        raise ValidationException(
+            f"Tag keys starting with 'aws:' are reserved for AWS use: {', '.join(reserved)}."
+        )
+
+
+def _default_window(name: str) -> str:
+    """A stable weekly window per environment, spread over the week as MWAA does."""
+    digest = uuid.uuid5(uuid.NAMESPACE_URL, name).int
+    return f"{DAYS[digest % 7]}:{(digest // 7) % 24:02d}:{('00', '30')[(digest // 168) % 2]}"
+
+
+def _encode_token(after: str) -> str:
+    raw = json.dumps({"v": 1, "after": after}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> str:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        after = data["after"]
+        if data.get("v") != 1 or not isinstance(after, str):
+            raise ValueError(token)
+        return after
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ValidationException(
+            "NextToken is not valid: pass the NextToken a previous ListEnvironments returned."
+        ) from None

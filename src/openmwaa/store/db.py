@@ -1,0 +1,166 @@
+"""The store: engine, migrations and the few queries the domain needs.
+
+SQLite in the data dir by default, PostgreSQL by URL; both run the same alembic
+migrations at open. Every write commits before the API answers, so a SIGKILL
+loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, delete, event, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from openmwaa.store.models import AccessKeyRow, EnvironmentRow, TokenRow
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def normalize_url(url: str) -> str:
+    """Let users write postgresql:// and still get the psycopg 3 driver we ship."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        url = normalize_url(url)
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = make_url(url).database
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                if not Path(path).exists():
+                    Path(path).touch(mode=0o600)
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- environments -------------------------------------------------------
+
+    def get_environment(self, name: str) -> EnvironmentRow | None:
+        with self.session() as s:
+            return s.get(EnvironmentRow, name)
+
+    def get_environment_by_arn(self, arn: str) -> EnvironmentRow | None:
+        with self.session() as s:
+            return s.scalar(select(EnvironmentRow).where(EnvironmentRow.arn == arn))
+
+    def list_environment_names(self, after: str | None, limit: int) -> list[str]:
+        query = select(EnvironmentRow.name).order_by(EnvironmentRow.name).limit(limit)
+        if after is not None:
+            query = query.where(EnvironmentRow.name > after)
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def environments(self) -> list[EnvironmentRow]:
+        with self.session() as s:
+            return list(s.scalars(select(EnvironmentRow).order_by(EnvironmentRow.name)))
+
+    def insert_environment(self, row: EnvironmentRow) -> bool:
+        """Insert unless the name is taken; False when it is (checked in one transaction)."""
+        with self.session() as s:
+            if s.get(EnvironmentRow, row.name, with_for_update=not self.is_sqlite) is not None:
+                return False
+            s.add(row)
+        return True
+
+    def update_environment(
+        self, name: str, *, expect_generation: int | None = None, **values: Any
+    ) -> bool:
+        """Compare-and-set: applies only while the generation is the one expected."""
+        query = update(EnvironmentRow).where(EnvironmentRow.name == name)
+        if expect_generation is not None:
+            query = query.where(EnvironmentRow.generation == expect_generation)
+        with self.session() as s:
+            return bool(s.execute(query.values(**values)).rowcount)  # type: ignore[attr-defined]
+
+    def delete_environment(self, name: str) -> None:
+        with self.session() as s:
+            s.execute(delete(EnvironmentRow).where(EnvironmentRow.name == name))
+            s.execute(delete(TokenRow).where(TokenRow.environment == name))
+
+    # -- access keys ----------------------------------------------------------
+
+    def add_key(self, row: AccessKeyRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def get_key(self, access_key_id: str) -> AccessKeyRow | None:
+        with self.session() as s:
+            return s.get(AccessKeyRow, access_key_id)
+
+    def access_keys(self) -> list[AccessKeyRow]:
+        with self.session() as s:
+            return list(s.scalars(select(AccessKeyRow).order_by(AccessKeyRow.created_at)))
+
+    def delete_key(self, access_key_id: str) -> bool:
+        with self.session() as s:
+            result = s.execute(
+                delete(AccessKeyRow).where(AccessKeyRow.access_key_id == access_key_id)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # -- tokens -------------------------------------------------------------
+
+    def add_token(self, row: TokenRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def redeem_token(self, digest: str, kind: str, now: datetime) -> TokenRow | None:
+        """Mark a token used and return it, once; None if unknown, used or expired."""
+        with self.session() as s:
+            result = s.execute(
+                update(TokenRow)
+                .where(TokenRow.digest == digest, TokenRow.kind == kind, TokenRow.used == 0)
+                .where(TokenRow.expires_at > now)
+                .values(used=1)
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return None
+            return s.get(TokenRow, digest)
+
+    def purge_tokens(self, now: datetime) -> None:
+        with self.session() as s:
+            s.execute(delete(TokenRow).where(TokenRow.expires_at <= now))
+
+
+def secure_file(path: Path) -> None:
+    """Keep a secrets file readable by its owner only."""
+    os.chmod(path, 0o600)
