@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,9 @@ def write_server_file(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
+    # The API's event loop shares the GIL with reconciler threads; the default 5 ms
+    # switch interval would add up to that much to a request that waits behind them.
+    sys.setswitchinterval(0.0005)
     plane = build(settings)
     plane.identities.ensure_admin_key(admin_key_path(settings.data_dir))
     write_server_file(settings)

@@ -28,6 +28,9 @@ from openmwaa.service.identity import Identities
 
 log = logging.getLogger(__name__)
 
+INLINE_OPERATIONS = frozenset({"GetEnvironment", "ListEnvironments", "ListTagsForResource"})
+"""Single indexed reads: answered on the event loop, since a hop to a worker thread
+costs more than the read and, under load, waits on the GIL for milliseconds."""
 MAX_BODY = 1024 * 1024
 """Larger bodies are refused: no MWAA request comes near it."""
 SIGNING_NAME = "airflow"
@@ -128,7 +131,10 @@ class MwaaApi:
         params = protocol.parse_request(operation, labels, raw_query, headers, body)
         validate(operation.input_shape, params)
         handler = self._provider.handlers[operation.name]
-        output = await to_thread.run_sync(handler, caller, params)
+        if operation.name in INLINE_OPERATIONS:
+            output = handler(caller, params)
+        else:
+            output = await to_thread.run_sync(handler, caller, params)
         return protocol.serialize_response(operation, output, request_id)
 
     def _secret(self, access_key_id: str) -> str | None:

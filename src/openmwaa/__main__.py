@@ -1,0 +1,3 @@
+from openmwaa.cli import main
+
+main()
