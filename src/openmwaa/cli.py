@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,39 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _install(args: argparse.Namespace) -> int:
+    from openmwaa.runtime.base import RuntimeFailure
+    from openmwaa.runtime.installs import SUPPORTED_VERSIONS, ensure_install
+
+    settings = _settings(args)
+    version = args.airflow_version or SUPPORTED_VERSIONS[0]
+    if version not in SUPPORTED_VERSIONS:
+        console.print(
+            f"[red]Airflow {version} is not supported[/]: {', '.join(SUPPORTED_VERSIONS)}"
+        )
+        return 2
+    started = time.monotonic()
+    with console.status(f"Airflow {version}: preparing") as status:
+        try:
+            path = ensure_install(
+                settings.data_dir,
+                version,
+                None,
+                lambda line: status.update(f"Airflow {version}: {line}"),
+            )
+        except RuntimeFailure as e:
+            console.print(f"[red]Airflow {version} could not be installed[/] ({e.code}): {e}")
+            return 1
+    console.print(f"Airflow {version} ready in {path} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from openmwaa.demo import run_demo
+
+    return run_demo(_settings(args, port=args.port), console)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="openmwaa", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -174,6 +208,16 @@ def parser() -> argparse.ArgumentParser:
     _common(delete)
     delete.add_argument("access_key_id")
     keys.set_defaults(func=_keys)
+
+    install = commands.add_parser("install", help="build an Airflow install ahead of first use")
+    _common(install)
+    install.add_argument("--airflow-version", default=None, help="default: the newest supported")
+    install.set_defaults(func=_install)
+
+    demo = commands.add_parser("demo", help="start the server with a demo environment")
+    _common(demo)
+    demo.add_argument("--port", type=int, default=defaults.DEFAULT_PORT)
+    demo.set_defaults(func=_demo)
     return root
 
 
