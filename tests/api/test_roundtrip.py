@@ -29,7 +29,10 @@ REQUESTS: dict[str, dict[str, Any]] = {
         "ExecutionRoleArn": "arn:aws:iam::123456789012:role/x",
         "SourceBucketArn": "arn:aws:s3:::my-dags",
         "DagS3Path": "dags",
-        "NetworkConfiguration": {"SubnetIds": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]},
+        "NetworkConfiguration": {
+            "SubnetIds": ["subnet-1", "subnet-2"],
+            "SecurityGroupIds": ["sg-1"],
+        },
         "PluginsS3Path": "plugins.zip",
         "PluginsS3ObjectVersion": "v1",
         "AirflowConfigurationOptions": {"core.dag_concurrency": "16"},

@@ -216,7 +216,7 @@ def parse_request(
         if has_body_members and body.strip():
             try:
                 payload = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (ValueError, RecursionError) as e:  # not JSON, too deep, too long a number
                 raise ValidationException(
                     f"The request body is not valid JSON: {e}. Send a JSON object."
                 ) from None
@@ -306,11 +306,11 @@ def serialize_response(
 
 
 def serialize_error(error: ServiceError, request_id: str) -> Response:
-    body: dict[str, Any]
+    body: dict[str, Any] = {"__type": error.code}
     if isinstance(error, RestApiException):
-        body = {"RestApiStatusCode": error.status_code, "RestApiResponse": error.response}
+        body.update(RestApiStatusCode=error.status_code, RestApiResponse=error.response)
     else:
-        body = {error.message_member: error.message}
+        body[error.message_member] = error.message
     headers = [
         ("content-type", "application/json"),
         ("x-amzn-requestid", request_id),
@@ -326,7 +326,7 @@ def error_response(code: str, status: int, message: str, request_id: str) -> Res
         ("x-amzn-requestid", request_id),
         ("x-amzn-errortype", code),
     ]
-    return status, headers, json.dumps({"message": message}).encode()
+    return status, headers, json.dumps({"__type": code, "message": message}).encode()
 
 
 def header_map(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

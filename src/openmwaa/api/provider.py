@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from openmwaa.runtime.base import RuntimeFailure
 from openmwaa.service.endpoint import Endpoint
 from openmwaa.service.environments import Environments
+from openmwaa.service.errors import RestApiException
 from openmwaa.service.identity import Caller
 
 Handler = Callable[[Caller, dict[str, Any]], dict[str, Any] | None]
@@ -68,7 +70,10 @@ class MwaaProvider:
         return self._endpoint.web_login_token(caller, p["Name"])
 
     def InvokeRestApi(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        return self._endpoint.invoke_rest_api(caller, p)
+        try:
+            return self._endpoint.invoke_rest_api(caller, p)
+        except RuntimeFailure as e:  # the backend cannot reach this environment's Airflow
+            raise RestApiException(502, {"detail": f"Airflow is unreachable: {e}"}) from None
 
 
 _OPERATIONS = (

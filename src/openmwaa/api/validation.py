@@ -68,6 +68,9 @@ def _scalar_constraints(shape: Shape, value: Any) -> list[str]:
 
 
 def _walk(shape: Shape, value: Any, path: str, out: _Collector) -> None:
+    if value is None:  # a JSON null inside a list
+        out.fail(shape, None, path, "Member must not be null")
+        return
     for constraint in _scalar_constraints(shape, value):
         out.fail(shape, value, path, constraint)
     kind = shape.type_name
@@ -93,7 +96,11 @@ def _walk(shape: Shape, value: Any, path: str, out: _Collector) -> None:
                     path,
                     f"Map keys must satisfy constraint: [{', '.join(key_errors)}]",
                 )
-            value_errors = _scalar_constraints(value_shape, item)
+            value_errors = (
+                ["Member must not be null"]
+                if item is None
+                else _scalar_constraints(value_shape, item)
+            )
             if value_errors:
                 out.fail(
                     shape,

@@ -222,19 +222,24 @@ class Environments:
 
     def tag(self, arn: str, tags: Mapping[str, str]) -> None:
         _check_tags(tags)
-        row = self._row_by_arn(arn)
-        merged = {**row.tags, **tags}
-        if len(merged) > 50:
-            raise ValidationException(
-                f"An environment can have at most 50 tags; this would make {len(merged)}."
-            )
-        self._store.update_environment(row.name, tags=merged)
+
+        def merge(current: dict[str, str]) -> dict[str, str]:
+            merged = {**current, **tags}
+            if len(merged) > 50:
+                raise ValidationException(
+                    f"An environment can have at most 50 tags; this would make {len(merged)}."
+                )
+            return merged
+
+        if not self._store.change_tags(arn, merge):
+            raise ResourceNotFoundException(f"Resource {arn} does not exist.")
 
     def untag(self, arn: str, keys: Sequence[str]) -> None:
-        row = self._row_by_arn(arn)
-        self._store.update_environment(
-            row.name, tags={k: v for k, v in row.tags.items() if k not in set(keys)}
-        )
+        removed = set(keys)
+        if not self._store.change_tags(
+            arn, lambda current: {k: v for k, v in current.items() if k not in removed}
+        ):
+            raise ResourceNotFoundException(f"Resource {arn} does not exist.")
 
     def tags(self, arn: str) -> dict[str, str]:
         return dict(self._row_by_arn(arn).tags)

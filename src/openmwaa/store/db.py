@@ -8,7 +8,8 @@ loses nothing that was acknowledged.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openmwaa.store.models import AccessKeyRow, EnvironmentRow, TokenRow
@@ -56,6 +58,8 @@ class Store:
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=10)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._tags_lock = threading.Lock()
+        """SQLite has no FOR UPDATE: tag changes of this process take turns."""
 
     def migrate(self) -> None:
         config = Config()
@@ -95,10 +99,13 @@ class Store:
 
     def insert_environment(self, row: EnvironmentRow) -> bool:
         """Insert unless the name is taken; False when it is (checked in one transaction)."""
-        with self.session() as s:
-            if s.get(EnvironmentRow, row.name, with_for_update=not self.is_sqlite) is not None:
-                return False
-            s.add(row)
+        try:
+            with self.session() as s:
+                if s.get(EnvironmentRow, row.name, with_for_update=not self.is_sqlite) is not None:
+                    return False
+                s.add(row)
+        except IntegrityError:  # a concurrent insert of the same name committed first
+            return False
         return True
 
     def update_environment(
@@ -110,6 +117,21 @@ class Store:
             query = query.where(EnvironmentRow.generation == expect_generation)
         with self.session() as s:
             return bool(s.execute(query.values(**values)).rowcount)  # type: ignore[attr-defined]
+
+    def change_tags(self, arn: str, change: Callable[[dict[str, str]], dict[str, str]]) -> bool:
+        """Replace the tags of the environment ``arn`` with ``change(tags)`` in one
+        transaction, so concurrent changes never lose each other; False if none."""
+        with self._tags_lock, self.session() as s:
+            row = s.scalar(
+                select(EnvironmentRow).where(EnvironmentRow.arn == arn).with_for_update()
+            )
+            if row is None:
+                return False
+            tags = change(dict(row.tags))
+            s.execute(
+                update(EnvironmentRow).where(EnvironmentRow.name == row.name).values(tags=tags)
+            )
+        return True
 
     def delete_environment(self, name: str) -> None:
         with self.session() as s:
