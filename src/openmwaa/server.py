@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +88,17 @@ def write_server_file(settings: Settings) -> None:
     secure_file(path)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its own shutdown, which would kill the
+    process before the environments are stopped; here they only ask it to exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle_exit)
+        yield
+
+
 def serve(settings: Settings) -> None:
     # The API's event loop shares the GIL with reconciler threads; the default 5 ms
     # switch interval would add up to that much to a request that waits behind them.
@@ -93,6 +107,7 @@ def serve(settings: Settings) -> None:
     plane.identities.ensure_admin_key(admin_key_path(settings.data_dir))
     write_server_file(settings)
     plane.reconciler.start()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = uvicorn.Config(
         plane.app,
         host=settings.host,
@@ -104,7 +119,8 @@ def serve(settings: Settings) -> None:
     )
     log.info("openmwaa serving the MWAA API on %s", settings.endpoint_url)
     try:
-        uvicorn.Server(config).run()
+        _Server(config).run()
     finally:
+        log.info("stopping: environments are stopped cleanly and resumed at the next start")
         plane.reconciler.stop()
         plane.store.close()

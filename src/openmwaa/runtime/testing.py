@@ -3,7 +3,9 @@
 It lets the API, the store and the reconciler be tested in seconds without an
 Airflow install, and it never claims more than it has: an environment is
 healthy exactly while its process is alive, so killing that process makes the
-environment UNAVAILABLE as a dead Airflow would. Selected by ``--backend test``.
+environment UNAVAILABLE as a dead Airflow would. Like the local backend, it
+adopts processes a killed control plane left behind and stops its processes
+when the control plane stops cleanly. Selected by ``--backend test``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class ProcessBackend:
     def __init__(self, data_dir: Path, versions: list[str] | None = None) -> None:
         self._root = data_dir / "environments"
         self._versions = versions or list(SUPPORTED_VERSIONS)
+        self._started: dict[str, EnvironmentSpec] = {}
 
     def _dir(self, spec: EnvironmentSpec) -> Path:
         return self._root / spec.name
@@ -50,6 +53,7 @@ class ProcessBackend:
         self._dir(spec).mkdir(parents=True, exist_ok=True)
 
     def start(self, spec: EnvironmentSpec, progress: Progress) -> None:
+        self._started[spec.name] = spec
         if self._process(spec) is not None:
             return
         progress("starting the environment's process")
@@ -90,8 +94,10 @@ class ProcessBackend:
                 process.kill()
 
     def destroy(self, spec: EnvironmentSpec, progress: Progress) -> None:
+        self._started.pop(spec.name, None)
         self.stop(spec)
         shutil.rmtree(self._dir(spec), ignore_errors=True)
 
     def shutdown(self) -> None:
-        """Processes outlive the control plane, as Airflow's do; the next start adopts them."""
+        for spec in list(self._started.values()):
+            self.stop(spec)
