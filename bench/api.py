@@ -107,7 +107,9 @@ def main() -> None:
                 "ListEnvironments": [signed(server, "GET", "/environments?MaxResults=25")],
             }
             drive(server, cases["GetEnvironment"], args.rate, 2)  # warm-up
-            table = Table(title=f"MWAA API at {args.rate:.0f} requests/s, {args.seconds:.0f} s each")
+            table = Table(
+                title=f"MWAA API at {args.rate:.0f} requests/s, {args.seconds:.0f} s each"
+            )
             for column in ("operation", "requests", "errors", "throughput /s", "p50 ms", "p99 ms"):
                 table.add_column(column, justify="right")
             for name, requests in cases.items():

@@ -21,7 +21,9 @@ import pytest
 from botocore.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN = os.environ.get("OPENMWAA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN = os.environ.get(
+    "OPENMWAA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 NETWORK = {"SubnetIds": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
 REQUIRED = {
@@ -88,9 +90,7 @@ class Server:
         key = json.loads((self.data_dir / "admin-key.json").read_text())
         return {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
 
-    def client(
-        self, key: str | None = None, secret: str | None = None, **config: Any
-    ) -> Any:
+    def client(self, key: str | None = None, secret: str | None = None, **config: Any) -> Any:
         creds = self.credentials()
         return boto3.client(
             "mwaa",
@@ -103,10 +103,10 @@ class Server:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``openmwaa ARGS`` against this server's data dir."""
+        command = [sys.executable, "-m", "openmwaa", *args, "--data-dir", str(self.data_dir)]
         return subprocess.run(
-            [sys.executable, "-m", "openmwaa", *args, "--data-dir", str(self.data_dir), *self.args_for_store()],
-            capture_output=True, text=True, check=check,
-        )  # fmt: skip
+            [*command, *self.args_for_store()], capture_output=True, text=True, check=check
+        )
 
     def args_for_store(self) -> list[str]:
         if "--database-url" in self.args:

@@ -1,0 +1,266 @@
+"""Environment lifecycle benchmark of the local backend, against Airflow started by hand.
+
+Prints one table measured in one run:
+- provision + start -> healthy with a warm install (LocalBackend), several runs;
+- the raw baseline: the same Airflow install started by hand (``airflow db migrate``
+  then api-server, scheduler, dag-processor, triggerer in a fresh AIRFLOW_HOME)
+  until /api/v2/monitor/health is all healthy;
+- DAG file written to the bucket -> visible in the REST API (p50/p95 over 20 files);
+- idle memory (PSS summed over the process tree; RSS where PSS is unavailable)
+  of an environment vs the raw baseline, both at the same parallelism.
+
+Usage: .venv/bin/python bench/lifecycle.py [--data-dir /tmp/openmwaa-bench] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from openmwaa.runtime.base import EnvironmentSpec
+from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
+from openmwaa.runtime.local import LocalBackend
+from openmwaa.runtime.ports import port_is_free
+from openmwaa.runtime.supervisor import marked_processes, recorded_sessions, terminate
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+SETTLE = 30.0
+"""Seconds an environment idles after becoming healthy before its memory is measured."""
+
+
+def spec(name: str) -> EnvironmentSpec:
+    # mw1.small defaults: 5 tasks per worker, MaxWorkers 10 -> parallelism 50.
+    return EnvironmentSpec(
+        name=name,
+        arn=f"arn:aws:airflow:us-east-1:123456789012:environment/{name}",
+        airflow_version=DEFAULT_VERSION,
+        environment_class="mw1.small",
+        tasks_per_worker=5,
+        min_workers=1,
+        max_workers=10,
+        schedulers=2,
+        min_webservers=2,
+        max_webservers=2,
+        source_bucket="bench",
+        dag_s3_path="dags",
+    )
+
+
+def tree_memory(roots: list[psutil.Process]) -> tuple[int, str]:
+    procs: dict[int, psutil.Process] = {}
+    for root in roots:
+        procs[root.pid] = root
+        for child in root.children(recursive=True):
+            procs[child.pid] = child
+    total, kind = 0, "PSS"
+    for proc in procs.values():
+        try:
+            info = proc.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+            kind = "PSS" if hasattr(info, "pss") else "RSS"
+        except psutil.Error:
+            continue
+    return total, kind
+
+
+def healthy(url: str) -> bool:
+    try:
+        report = httpx.get(f"{url}/api/v2/monitor/health", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    keys = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    return all(report.get(k, {}).get("status") == "healthy" for k in keys)
+
+
+def free_ports(count: int, start: int = 49100) -> list[int]:
+    ports: list[int] = []
+    port = start
+    while len(ports) < count:
+        if port_is_free(port):
+            ports.append(port)
+        port += 1
+    return ports
+
+
+def raw_baseline(install: Path, parallelism: int) -> tuple[float, int]:
+    """(seconds to all-healthy, idle memory bytes) of Airflow started by hand."""
+    home = Path(tempfile.mkdtemp(prefix="raw-airflow-"))
+    api, wlog, tlog = free_ports(3)
+    env = {
+        "PATH": f"{install / 'bin'}:{os.environ['PATH']}",
+        "HOME": os.environ.get("HOME", str(home)),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(wlog),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(tlog),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+    }
+    airflow = str(install / "bin" / "airflow")
+    procs: list[psutil.Process] = []
+    started = time.monotonic()
+    try:
+        subprocess.run(
+            [airflow, "db", "migrate"], env=env, cwd=home, check=True, capture_output=True
+        )
+        for component in COMPONENTS:
+            log = open(home / f"{component}.log", "wb")  # noqa: SIM115 (lives with the child)
+            child = subprocess.Popen(
+                [airflow, component],
+                env=env,
+                cwd=home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            procs.append(psutil.Process(child.pid))
+        while not healthy(f"http://127.0.0.1:{api}"):
+            if time.monotonic() - started > 300:
+                raise RuntimeError(f"raw Airflow not healthy after 300s; logs in {home}")
+            time.sleep(0.25)
+        elapsed = time.monotonic() - started
+        time.sleep(SETTLE)
+        memory, _ = tree_memory(procs)
+        return elapsed, memory
+    finally:
+        terminate(procs, grace=20)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/openmwaa-bench"))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dags", type=int, default=20)
+    args = parser.parse_args()
+    data_dir: Path = args.data_dir
+    shutil.rmtree(data_dir / "environments", ignore_errors=True)
+    (data_dir / "ports.json").unlink(missing_ok=True)
+    bucket = data_dir / "buckets" / "bench" / "dags"
+    shutil.rmtree(bucket, ignore_errors=True)
+    bucket.mkdir(parents=True)
+
+    t = time.monotonic()
+    install = ensure_install(data_dir, DEFAULT_VERSION, None, lambda s: print(f"  {s}"))
+    install_s = time.monotonic() - t
+    backend = LocalBackend(data_dir)
+    rows: list[tuple[str, str, str]] = []
+    quiet = lambda _line: None  # noqa: E731
+
+    # 1. provision + start -> healthy (warm install)
+    creates = []
+    for i in range(args.runs):
+        s = spec(f"bench-{i}")
+        t = time.monotonic()
+        backend.provision(s, quiet)
+        backend.start(s, quiet)
+        while not backend.health(s).healthy:
+            time.sleep(0.1)
+        creates.append(time.monotonic() - t)
+        print(f"  create #{i + 1}: {creates[-1]:.1f}s")
+        if i < args.runs - 1:
+            backend.destroy(s, quiet)
+    keep = spec(f"bench-{args.runs - 1}")
+
+    # 2. idle memory of the environment (after SETTLE s idle)
+    time.sleep(SETTLE)
+    comps = backend.supervisor.components(keep.name)
+    env_mem, kind = tree_memory([c.proc for c in comps.values() if c.proc])
+    sessions = recorded_sessions(backend._dir(keep.name) / "run")
+    all_env = marked_processes(backend._dir(keep.name), sessions)
+    env_mem_all, _ = tree_memory(all_env)
+
+    # 3. DAG file written -> visible in the REST API
+    base, token = backend.airflow_api(keep, "Admin")
+    headers = {"Authorization": f"Bearer {token}"}
+    latencies = []
+    for i in range(args.dags):
+        dag_id = f"bench_dag_{i}"
+        text = (
+            "import pendulum\nfrom airflow.sdk import DAG\n"
+            "from airflow.providers.standard.operators.empty import EmptyOperator\n"
+            f"with DAG('{dag_id}', schedule=None, start_date=pendulum.datetime(2024, 1, 1)):\n"
+            "    EmptyOperator(task_id='noop')\n"
+        )
+        tmp = bucket / f".{dag_id}.tmp"
+        tmp.write_text(text)
+        t = time.monotonic()
+        os.replace(tmp, bucket / f"{dag_id}.py")
+        while (
+            httpx.get(f"{base}/api/v2/dags/{dag_id}", headers=headers, timeout=5).status_code != 200
+        ):
+            if time.monotonic() - t > 120:
+                raise RuntimeError(f"{dag_id} not visible after 120s")
+            time.sleep(0.05)
+        latencies.append(time.monotonic() - t)
+    backend.destroy(keep, quiet)
+    backend.shutdown()
+
+    # 4. the raw baseline
+    raws = []
+    raw_mem = 0
+    for i in range(args.runs):
+        elapsed, raw_mem = raw_baseline(install, parallelism=5 * 10)
+        raws.append(elapsed)
+        print(f"  raw #{i + 1}: {elapsed:.1f}s")
+
+    p50 = statistics.median(latencies)
+    p95 = sorted(latencies)[max(0, round(0.95 * len(latencies)) - 1)]
+    mib = 1024 * 1024
+    rows = [
+        ("install Airflow (this run; warm = already built)", f"{install_s:.1f} s", ""),
+        (
+            "create -> healthy, warm install (median)",
+            f"{statistics.median(creates):.1f} s",
+            "<= 15 s",
+        ),
+        ("  all runs", ", ".join(f"{c:.1f}" for c in creates), ""),
+        (
+            "raw baseline: db migrate + 4 components -> healthy (median)",
+            f"{statistics.median(raws):.1f} s",
+            "",
+        ),
+        ("  all runs", ", ".join(f"{r:.1f}" for r in raws), ""),
+        (f"DAG file -> visible in REST API, p50 ({len(latencies)} files)", f"{p50:.1f} s", ""),
+        (
+            f"DAG file -> visible in REST API, p95 ({len(latencies)} files)",
+            f"{p95:.1f} s",
+            "<= 5 s",
+        ),
+        (f"idle memory, environment ({kind}, parallelism 50)", f"{env_mem / mib:.0f} MiB", ""),
+        ("idle memory, environment incl. every process of it", f"{env_mem_all / mib:.0f} MiB", ""),
+        (f"idle memory, raw baseline ({kind}, parallelism 50)", f"{raw_mem / mib:.0f} MiB", ""),
+        ("idle memory ratio environment / raw", f"{env_mem / raw_mem:.2f}x", "<= 1.1x"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'measure'.ljust(width)}  {'value':>18}  goal")
+    print(f"{'-' * width}  {'-' * 18}  -------")
+    for name, value, goal in rows:
+        print(f"{name.ljust(width)}  {value:>18}  {goal}")
+    print(
+        f"\n(2 cores? {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; "
+        f"Airflow {DEFAULT_VERSION}; settle {SETTLE:.0f} s before memory)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""One-way mirror of ``<bucket>/<prefix>/`` into a local folder (an environment's dags).
+
+The control plane runs one mirror thread per environment. Each pass lists the
+prefix, downloads what is new or changed (temp file + rename, so Airflow's DAG
+processor never parses half a file) and deletes local files that left the
+bucket. What was downloaded is remembered in a manifest next to the folder, so
+a restarted control plane does not fetch everything again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from openmwaa.buckets.base import BucketError, BucketStore, ObjectNotFound
+
+log = logging.getLogger(__name__)
+
+_IGNORED_DIRS = {"__pycache__"}
+
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as fh:
+        if mode is not None:
+            os.fchmod(fh.fileno(), mode)
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+class DagMirror:
+    """Keeps ``target`` equal to ``bucket/prefix/``; ``sync_once`` is one pass."""
+
+    def __init__(
+        self,
+        store: BucketStore,
+        bucket: str,
+        prefix: str,
+        target: Path,
+        manifest: Path,
+        interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.target = target
+        self.manifest_path = manifest
+        self.interval = interval
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._manifest: dict[str, str] = self._load_manifest()
+
+    def _load_manifest(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if data.get("source") != [self.bucket, self.prefix]:
+            return {}  # re-pointed: trust nothing recorded for the old source
+        return dict(data.get("files", {}))
+
+    def _save_manifest(self) -> None:
+        payload = {"source": [self.bucket, self.prefix], "files": self._manifest}
+        write_atomic(self.manifest_path, json.dumps(payload).encode())
+
+    def sync_once(self) -> bool:
+        """One pass; returns True when something changed locally."""
+        with self._lock:
+            objects = self.store.list_objects(self.bucket, self.prefix)
+            wanted: dict[str, str] = {}
+            for obj in objects:
+                rel = obj.key[len(self.prefix) :]
+                parts = rel.split("/")
+                if not rel or any(p in ("", ".", "..") for p in parts):
+                    continue
+                wanted[rel] = obj.etag
+            changed = False
+            for rel, etag in wanted.items():
+                dest = self.target / rel
+                if self._manifest.get(rel) == etag and dest.is_file():
+                    continue
+                try:
+                    data = self.store.get_object(self.bucket, self.prefix + rel)
+                except ObjectNotFound:
+                    continue  # deleted between list and get: next pass sees it
+                if dest.is_dir():
+                    _remove_tree(dest)
+                write_atomic(dest, data)
+                self._manifest[rel] = etag
+                changed = True
+            changed |= self._delete_extra(set(wanted))
+            for rel in list(self._manifest):
+                if rel not in wanted:
+                    del self._manifest[rel]
+            if changed or not self.manifest_path.exists():
+                self._save_manifest()
+            self.last_error = None
+            return changed
+
+    def _delete_extra(self, wanted: set[str]) -> bool:
+        changed = False
+        if not self.target.is_dir():
+            return False
+        for dirpath, _dirs, filenames in os.walk(self.target, topdown=False):
+            base = Path(dirpath)
+            if _IGNORED_DIRS & set(base.relative_to(self.target).parts):
+                continue
+            for filename in filenames:
+                rel = (base / filename).relative_to(self.target).as_posix()
+                if rel not in wanted:
+                    (base / filename).unlink(missing_ok=True)
+                    changed = True
+            if base != self.target:
+                rest = [n for n in os.listdir(base) if n not in _IGNORED_DIRS]
+                if not rest:
+                    _remove_tree(base)
+        return changed
+
+    def start(self) -> None:
+        if self._thread and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"dag-mirror:{self.target}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+            except (BucketError, OSError) as exc:
+                if str(exc) != self.last_error:
+                    log.warning("DAG mirror of s3://%s/%s: %s", self.bucket, self.prefix, exc)
+                self.last_error = str(exc)
+            except Exception:  # keep mirroring whatever one pass hit
+                log.exception("DAG mirror of s3://%s/%s failed", self.bucket, self.prefix)
+            self._stop.wait(self.interval)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,113 @@
+"""Metadata databases: SQLite per environment by default, or PostgreSQL by URL.
+
+SQLite databases are copies of the install's migrated template (no 5 s
+``airflow db migrate`` per environment). With a PostgreSQL admin URL each
+environment gets its own database and its own role with a generated password,
+both dropped when the environment is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+from openmwaa.runtime.base import RuntimeFailure
+from openmwaa.runtime.installs import TEMPLATE_DB
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def copy_template(install: Path, target: Path) -> None:
+    """Create ``target`` from the install's migrated template, atomically."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(install / TEMPLATE_DB, tmp)
+    os.replace(tmp, target)
+
+
+def copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite DB (its components are stopped), atomically."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
+        src.backup(dst)
+    os.replace(tmp, target)
+
+
+def pg_name(env_name: str) -> str:
+    """A PostgreSQL identifier for the environment's database and role (also its owner)."""
+    slug = re.sub(r"[^a-z0-9_]", "_", env_name.lower())[:40]
+    digest = hashlib.sha256(env_name.encode()).hexdigest()[:8]
+    return f"openmwaa_{slug}_{digest}"
+
+
+def _admin_conninfo(admin_url: str) -> str:
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", admin_url)
+
+
+def pg_airflow_url(admin_url: str, env_name: str, password: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(_admin_conninfo(admin_url))
+    return url.set(
+        drivername="postgresql+psycopg2",
+        username=pg_name(env_name),
+        password=password,
+        database=pg_name(env_name),
+    ).render_as_string(hide_password=False)
+
+
+def pg_create(admin_url: str, env_name: str, password: str) -> None:
+    """Create (or update the password of) the environment's role and database."""
+    import psycopg
+    from psycopg import sql
+
+    name = pg_name(env_name)
+    try:
+        with psycopg.connect(_admin_conninfo(admin_url), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(password)
+                )
+            )
+            has_db = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if not has_db:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(name), sql.Identifier(name)
+                    )
+                )
+    except psycopg.Error as exc:
+        raise RuntimeFailure(
+            "DATABASE_FAILED", f"creating the metadata database failed: {exc}".strip()
+        ) from exc
+
+
+def pg_drop(admin_url: str, env_name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    name = pg_name(env_name)
+    with psycopg.connect(_admin_conninfo(admin_url), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def pg_exists(admin_url: str, env_name: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(_admin_conninfo(admin_url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (pg_name(env_name),)
+        ).fetchone()
+    return row is not None

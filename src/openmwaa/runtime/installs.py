@@ -1,0 +1,277 @@
+"""Airflow installs: one uv-built venv per (Airflow version, requirements.txt).
+
+Installs live in ``<data-dir>/runtimes/<key>/`` and are shared by every
+environment with the same key. Each is built in a temporary folder and renamed
+into place, under a file lock, so concurrent environments (or the CLI's
+pre-build and a running server) never build the same install twice nor see a
+half-built one. A migrated SQLite metadata DB is built with the install once,
+so a new environment copies it instead of running ``airflow db migrate``.
+
+Constraints follow MWAA: our tested pins always apply to the base install, and
+to the user's requirements.txt unless it names its own (``-c``/``--constraint``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from openmwaa.runtime.base import Progress, RuntimeFailure
+
+SUPPORTED_VERSIONS = ["3.3.2", "3.0.6"]
+"""Newest first; the first is the default."""
+
+DEFAULT_VERSION = SUPPORTED_VERSIONS[0]
+BASE_EXTRAS = "celery,postgres,redis,amazon,http"
+EXTRA_PACKAGES = ["apache-airflow-providers-standard"]
+TEMPLATE_DB = "openmwaa-template.db"
+_READY = ".openmwaa-ready"
+_CONSTRAINT_LINE = re.compile(r"^\s*(-c|--constraint)(\s|=)", re.MULTILINE)
+
+
+def constraints_file(version: str) -> Path:
+    path = Path(__file__).parent / "constraints" / f"constraints-{version}.txt"
+    if not path.is_file():
+        raise RuntimeFailure(
+            "UNSUPPORTED_AIRFLOW_VERSION",
+            f"Airflow {version} is not supported (supported: {', '.join(SUPPORTED_VERSIONS)})",
+        )
+    return path
+
+
+def normalize_requirements(text: str | None) -> str:
+    """The requirements as they matter for the key: no comments, blank lines or CRs."""
+    if not text:
+        return ""
+    lines = []
+    for raw in text.replace("\r", "").splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def install_key(version: str, requirements_text: str | None) -> str:
+    """``airflow-<version>-<pins digest>[-<requirements digest>]``.
+
+    The pins are part of the key so a release with new constraints builds new
+    installs instead of reusing ones resolved differently.
+    """
+    pins = hashlib.sha256(constraints_file(version).read_bytes()).hexdigest()[:8]
+    reqs = normalize_requirements(requirements_text)
+    if not reqs:
+        return f"airflow-{version}-{pins}"
+    digest = hashlib.sha256(reqs.encode()).hexdigest()[:12]
+    return f"airflow-{version}-{pins}-{digest}"
+
+
+def uv_binary() -> str:
+    here = Path(sys.executable).parent / "uv"
+    if here.is_file():
+        return str(here)
+    found = shutil.which("uv")
+    if not found:
+        raise RuntimeFailure("INSTALL_FAILED", "uv is not installed (pip install uv)")
+    return found
+
+
+def base_python() -> str:
+    """The interpreter installs are made from (the base of the control plane's venv)."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def is_ready(path: Path) -> bool:
+    return (path / _READY).is_file() and (path / "bin" / "python").exists()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_install(
+    data_dir: Path,
+    version: str,
+    requirements_text: str | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """The ready install for (version, requirements), building it if needed.
+
+    Raises RuntimeFailure("INCORRECT_REQUIREMENTS", <uv's useful line>) when
+    the requirements cannot be installed.
+    """
+    say = progress or (lambda _line: None)
+    constraints = constraints_file(version)
+    runtimes = data_dir / "runtimes"
+    key = install_key(version, requirements_text)
+    final = runtimes / key
+    if is_ready(final):
+        return final
+    with _locked(runtimes / f".{key}.lock"):
+        if is_ready(final):
+            return final
+        runtimes.mkdir(parents=True, exist_ok=True)
+        reqs = normalize_requirements(requirements_text)
+        if reqs:
+            _check_requirements(runtimes, reqs, constraints, say)
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=runtimes))
+        try:
+            _build(tmp, version, constraints, reqs, say)
+            if final.exists():
+                shutil.rmtree(final)  # an unfinished install from an interrupted build
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    say(f"Airflow {version} install ready")
+    return final
+
+
+def _uv(args: list[str], code: str, what: str, cwd: Path | None = None) -> None:
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    env.setdefault("UV_HTTP_TIMEOUT", "120")
+    proc = subprocess.run(
+        [uv_binary(), *args], env=env, capture_output=True, text=True, check=False, cwd=cwd
+    )
+    if proc.returncode != 0:
+        raise RuntimeFailure(code, f"{what}: {useful_uv_line(proc.stderr or proc.stdout)}")
+
+
+def useful_uv_line(output: str) -> str:
+    """The line of uv's error output a user needs: the error and its first cause."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    error = next((ln for ln in lines if ln.startswith(("error:", "×"))), None)
+    cause = next(
+        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(("cause:", "Caused by:"))),
+        None,
+    )
+    if cause is None:
+        cause = next((ln.removeprefix("╰─▶").strip() for ln in lines if "╰─▶" in ln), None)
+    if error is None:
+        return lines[-1] if lines else "uv failed without output"
+    error = error.removeprefix("error:").lstrip("× ").strip()
+    return f"{error}: {cause}" if cause else error
+
+
+def _requirements_args(req_file: Path, reqs: str, constraints: Path) -> list[str]:
+    """``-r`` the user's file, with our constraints unless it brings its own (as MWAA)."""
+    args = ["-r", req_file.name]
+    if not _CONSTRAINT_LINE.search(reqs):
+        args += ["--constraint", str(constraints)]
+    return args
+
+
+def _check_requirements(runtimes: Path, reqs: str, constraints: Path, say: Progress) -> None:
+    """Resolve requirements.txt alone first: a bad one fails in a second, not after a build."""
+    say("checking requirements.txt")
+    with tempfile.TemporaryDirectory(prefix=".check-", dir=runtimes) as tmp:
+        req_file = Path(tmp) / "requirements.txt"
+        req_file.write_text(reqs + "\n")
+        args = ["pip", "compile", "--python", base_python(), "--no-header"]
+        args += _requirements_args(req_file, reqs, constraints)[1:]  # compile: file positional
+        _uv(args, "INCORRECT_REQUIREMENTS", "requirements.txt", cwd=Path(tmp))
+
+
+def _build(tmp: Path, version: str, constraints: Path, reqs: str, say: Progress) -> None:
+    started = time.monotonic()
+    say(f"installing Airflow {version}")
+    _uv(
+        ["venv", "--quiet", "--relocatable", "--python", base_python(), str(tmp)],
+        "INSTALL_FAILED",
+        "creating the virtualenv failed",
+    )
+    python = str(tmp / "bin" / "python")
+    _uv(
+        [
+            "pip",
+            "install",
+            "--compile-bytecode",
+            "--python",
+            python,
+            "--constraint",
+            str(constraints),
+            f"apache-airflow[{BASE_EXTRAS}]=={version}",
+            *EXTRA_PACKAGES,
+        ],
+        "INSTALL_FAILED",
+        f"installing Airflow {version} failed",
+    )
+    if reqs:
+        say("installing requirements.txt")
+        req_file = tmp / "requirements.txt"
+        req_file.write_text(reqs + "\n")
+        args = ["pip", "install", "--compile-bytecode", "--python", python]
+        args += _requirements_args(req_file, reqs, constraints)
+        _uv(args, "INCORRECT_REQUIREMENTS", "requirements.txt", cwd=tmp)
+    say("preparing the metadata database template")
+    _migrate_template(tmp)
+    (tmp / _READY).write_text(f"{version} {time.monotonic() - started:.1f}s\n")
+
+
+def _migrate_template(install: Path) -> None:
+    home = install / ".template-home"
+    home.mkdir()
+    db = install / TEMPLATE_DB
+    env = {
+        "PATH": f"{install / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": os.environ.get("HOME", str(home)),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}",
+        "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+    }
+    proc = subprocess.run(
+        [str(install / "bin" / "airflow"), "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=home,
+    )
+    shutil.rmtree(home, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeFailure(
+            "INSTALL_FAILED", f"airflow db migrate failed: {useful_error_line(proc.stderr)}"
+        )
+
+
+def useful_error_line(output: str) -> str:
+    """The last exception-looking line of a Python program's output."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Exit)\b", line) or line.startswith("ERROR"):
+            return line[:500]
+    return (lines[-1] if lines else "no output")[:500]
+
+
+def remove_unused(data_dir: Path, keep: set[str]) -> list[str]:
+    """Delete installs whose key is not in ``keep``; returns the removed keys."""
+    removed: list[str] = []
+    runtimes = data_dir / "runtimes"
+    if not runtimes.is_dir():
+        return removed
+    for path in runtimes.iterdir():
+        if path.name.startswith(".") or path.name in keep or not path.is_dir():
+            continue
+        with _locked(runtimes / f".{path.name}.lock"):
+            shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed

@@ -1,0 +1,88 @@
+"""Port allocation: every environment keeps its ports across restarts, none collide.
+
+Allocations are persisted in ``<data-dir>/ports.json`` under a file lock, so
+two environments (or two control planes on the same data dir) never get the
+same port, and a restarted control plane gives an environment its old ports.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from openmwaa.runtime.config import Ports
+
+FIRST_PORT = 28100
+LAST_PORT = 48999
+_NAMES = ("api", "worker_log", "trigger_log")
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on ``port`` (the log servers bind every interface)."""
+    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                # As servers bind: TIME_WAIT leftovers of a stopped component don't count.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((addr, port))
+        except OSError as exc:
+            if family == socket.AF_INET6 and exc.errno in (97, 99):  # no IPv6 here
+                continue
+            return False
+    return True
+
+
+class PortRegistry:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "ports.json"
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, int]]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                data = json.loads(self.path.read_text()) if self.path.exists() else {}
+            except ValueError:
+                data = {}
+            yield data
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+    def get(self, env: str) -> Ports | None:
+        """The environment's ports, if allocated (read only: health checks call this often)."""
+        try:
+            found = json.loads(self.path.read_text()).get(env)
+        except (OSError, ValueError):
+            return None
+        return Ports(**found) if found else None
+
+    def allocate(self, env: str, *, replace_busy: bool = False) -> Ports:
+        """The environment's ports; new ones for those busy when ``replace_busy``."""
+        with self._locked() as data:
+            current = dict(data.get(env, {}))
+            taken = {p for name, entry in data.items() if name != env for p in entry.values()}
+            candidate = FIRST_PORT
+            for name in _NAMES:
+                port = current.get(name)
+                if port and port not in taken and (not replace_busy or port_is_free(port)):
+                    taken.add(port)
+                    continue
+                while candidate in taken or not port_is_free(candidate):
+                    candidate += 1
+                    if candidate > LAST_PORT:
+                        raise RuntimeError("no free port left for Airflow environments")
+                current[name] = candidate
+                taken.add(candidate)
+            data[env] = current
+        return Ports(**current)
+
+    def release(self, env: str) -> None:
+        with self._locked() as data:
+            data.pop(env, None)

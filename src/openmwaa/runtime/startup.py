@@ -1,0 +1,83 @@
+"""The environment's startup script, run with bash before the components start.
+
+As on MWAA the script is run for each kind of component (``scheduler``,
+``webserver``) with ``MWAA_AIRFLOW_COMPONENT`` telling which; the variables it
+exports are handed to those components. It is sourced and the environment
+printed with ``env -0`` afterwards, so the difference is exactly its exports.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from openmwaa.runtime.base import RuntimeFailure
+
+STARTUP_TIMEOUT = 300.0
+_SHELL_NOISE = {"_", "SHLVL", "PWD", "OLDPWD", "OPENMWAA_ENV_OUT"}
+_WRAPPER = 'source "$0"; rc=$?; [ "$rc" -eq 0 ] || exit "$rc"; env -0 > "$OPENMWAA_ENV_OUT"'
+
+
+def run_startup_script(
+    script: Path,
+    env: Mapping[str, str],
+    cwd: Path,
+    log_path: Path,
+    protected: set[str],
+    timeout: float = STARTUP_TIMEOUT,
+) -> dict[str, str]:
+    """Run ``script``; return the variables it set (minus ``protected`` ones).
+
+    Raises RuntimeFailure("STARTUP_SCRIPT_FAILED", ...) on a non-zero exit or timeout.
+    """
+    with tempfile.NamedTemporaryFile(prefix="startup-env-", dir=cwd, delete=False) as out:
+        out_path = Path(out.name)
+    run_env = {**env, "OPENMWAA_ENV_OUT": str(out_path)}
+    component = env.get("MWAA_AIRFLOW_COMPONENT", "")
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            try:
+                proc = subprocess.run(
+                    ["bash", "-c", _WRAPPER, str(script)],
+                    env=run_env,
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    start_new_session=True,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise RuntimeFailure(
+                    "STARTUP_SCRIPT_FAILED",
+                    f"startup script ({component}) did not finish within {timeout:.0f}s",
+                ) from None
+        if proc.returncode != 0:
+            lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+            last = f": {lines[-1].strip()[:300]}" if lines else ""
+            raise RuntimeFailure(
+                "STARTUP_SCRIPT_FAILED",
+                f"startup script ({component}) exited with code {proc.returncode}{last}",
+            )
+        after = _parse_env0(out_path.read_bytes())
+    finally:
+        out_path.unlink(missing_ok=True)
+    return {
+        k: v
+        for k, v in after.items()
+        if env.get(k) != v and k not in _SHELL_NOISE and k not in protected
+    }
+
+
+def _parse_env0(data: bytes) -> dict[str, str]:
+    result = {}
+    for item in data.split(b"\0"):
+        if b"=" in item:
+            key, _, value = item.partition(b"=")
+            result[os.fsdecode(key)] = os.fsdecode(value)
+    return result

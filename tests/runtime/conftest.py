@@ -1,0 +1,88 @@
+"""Shared fixtures: one Airflow install and one running environment per test run.
+
+The data dir lives under /tmp keyed by the constraints files, so a rerun reuses
+the built install (and uv's cache) instead of installing Airflow again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from runtime_support import PIPELINE_DAG, Api, make_spec
+
+from openmwaa.runtime.base import EnvironmentSpec
+from openmwaa.runtime.installs import DEFAULT_VERSION, constraints_file, ensure_install
+from openmwaa.runtime.local import LocalBackend
+from openmwaa.runtime.supervisor import MARKER, marked_processes, terminate
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    key = hashlib.sha256(
+        b"".join(constraints_file(v).read_bytes() for v in ("3.3.2",))
+    ).hexdigest()[:10]
+    path = Path(f"/tmp/openmwaa-runtime-tests-{key}")
+    envs = path / "environments"
+    if envs.is_dir():  # leftovers of an interrupted run
+        for env_dir in envs.iterdir():
+            terminate(marked_processes(env_dir), grace=5)
+        shutil.rmtree(envs)
+    for stale in ("buckets", "ports.json"):
+        target = path / stale
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    (path / "buckets" / "tests" / "dags").mkdir(parents=True)
+    yield path
+    leftovers = [p for p in psutil.process_iter() if _marker_under(p, path)]
+    terminate(leftovers, grace=5)
+
+
+def _marker_under(proc: psutil.Process, root: Path) -> bool:
+    try:
+        return proc.environ().get(MARKER, "").startswith(str(root))
+    except (psutil.Error, OSError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def install(data_dir: Path) -> Path:
+    return ensure_install(data_dir, DEFAULT_VERSION, None, print)
+
+
+@pytest.fixture(scope="session")
+def backend(data_dir: Path, install: Path) -> Iterator[LocalBackend]:
+    b = LocalBackend(data_dir)
+    yield b
+    b.shutdown()
+
+
+@pytest.fixture(scope="session")
+def bucket(data_dir: Path) -> Path:
+    return data_dir / "buckets" / "tests"
+
+
+@pytest.fixture(scope="session")
+def running(backend: LocalBackend, bucket: Path) -> tuple[EnvironmentSpec, Api]:
+    """One environment shared by the tests that only need a running Airflow."""
+    (bucket / "dags" / "pipeline.py").write_text(PIPELINE_DAG)
+    (bucket / "startup").mkdir(exist_ok=True)
+    (bucket / "startup" / "ok.sh").write_text(
+        'echo "startup for $MWAA_AIRFLOW_COMPONENT"\n'
+        'export OPENMWAA_TEST_COMPONENT="$MWAA_AIRFLOW_COMPONENT"\n'
+        "export AIRFLOW__CORE__EXECUTOR=SequentialExecutor\n"
+    )
+    spec = make_spec("main", startup_script_s3_path="startup/ok.sh")
+    started = time.monotonic()
+    backend.provision(spec, print)
+    backend.start(spec, print)
+    print(f"environment main healthy in {time.monotonic() - started:.1f}s")
+    assert backend.health(spec).healthy
+    return spec, Api(backend, spec)
