@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -138,6 +139,25 @@ def drop_postgres_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def installs_root() -> Path:
+    """Where the test runs keep their Airflow installs: keyed by the shipped constraints,
+    so a rerun on the same machine reuses the install instead of building it again."""
+    from openmwaa.runtime.installs import constraints_file
+
+    key = hashlib.sha256(constraints_file("3.3.2").read_bytes()).hexdigest()[:10]
+    return Path(f"/tmp/openmwaa-runtime-tests-{key}")
+
+
+@pytest.fixture(scope="session")
+def airflow_runtimes() -> Path:
+    """One Airflow install per test run, shared by every backend and server the tests start."""
+    from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
+
+    root = installs_root()
+    ensure_install(root, DEFAULT_VERSION, None, print)
+    return root / "runtimes"
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ the built install (and uv's cache) instead of installing Airflow again.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -17,17 +16,14 @@ import pytest
 from runtime_support import PIPELINE_DAG, Api, make_spec
 
 from openmwaa.runtime.base import EnvironmentSpec
-from openmwaa.runtime.installs import DEFAULT_VERSION, constraints_file, ensure_install
+from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
 from openmwaa.runtime.local import LocalBackend
 from openmwaa.runtime.supervisor import MARKER, marked_processes, terminate
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Iterator[Path]:
-    key = hashlib.sha256(
-        b"".join(constraints_file(v).read_bytes() for v in ("3.3.2",))
-    ).hexdigest()[:10]
-    path = Path(f"/tmp/openmwaa-runtime-tests-{key}")
+def data_dir(airflow_runtimes: Path) -> Iterator[Path]:
+    path = airflow_runtimes.parent
     envs = path / "environments"
     if envs.is_dir():  # leftovers of an interrupted run
         for env_dir in envs.iterdir():
