@@ -132,6 +132,23 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    """What the reconciler is doing with each environment, from the store."""
+    from openmwaa.server import open_store
+
+    rows = open_store(_settings(args)).environments()
+    table = Table("Name", "Status", "Airflow", "Detail")
+    for row in rows:
+        detail = row.detail or {}
+        text = detail.get("progress") or detail.get("detail") or ""
+        components = detail.get("components") or {}
+        if components and not text:
+            text = ", ".join(f"{c} {state}" for c, state in components.items())
+        table.add_row(row.name, row.status, row.spec.get("AirflowVersion", ""), text)
+    Console().print(table)
+    return 0
+
+
 def _install(args: argparse.Namespace) -> int:
     from openmwaa.runtime.base import RuntimeFailure
     from openmwaa.runtime.installs import SUPPORTED_VERSIONS, ensure_install
@@ -208,6 +225,10 @@ def parser() -> argparse.ArgumentParser:
     _common(delete)
     delete.add_argument("access_key_id")
     keys.set_defaults(func=_keys)
+
+    status = commands.add_parser("status", help="environments and what is happening to them")
+    _common(status)
+    status.set_defaults(func=_status)
 
     install = commands.add_parser("install", help="build an Airflow install ahead of first use")
     _common(install)

@@ -1,0 +1,19 @@
+"""``openmwaa status`` shows what the reconciler is doing with each environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import REQUIRED, Server, wait_status
+
+
+def test_status_lists_environments_with_their_state(
+    server: Server, mwaa: Any, env_name: str
+) -> None:
+    mwaa.create_environment(Name=env_name, **REQUIRED)
+    wait_status(mwaa, env_name, {"AVAILABLE"})
+    out = server.cli("status").stdout
+    line = next(line for line in out.splitlines() if env_name in line)
+    assert "AVAILABLE" in line
+    assert "process healthy" in out
+    mwaa.delete_environment(Name=env_name)
