@@ -42,7 +42,7 @@ def signed(server: Server, method: str, path: str) -> tuple[str, str, dict[str, 
 
 def drive(
     server: Server, requests: list[tuple[str, str, dict[str, str]]], rate: float, seconds: float,
-    threads: int = 4,
+    threads: int = 2,
 ) -> tuple[list[float], int, float]:  # fmt: skip
     """Send requests round-robin at ``rate``/s; returns latencies (ms), errors, wall time."""
     total = int(rate * seconds)
