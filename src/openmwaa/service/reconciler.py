@@ -152,14 +152,7 @@ class Reconciler:
                 detail=None,
             )
             return
-        self._store.update_environment(
-            row.name,
-            expect_generation=row.generation,
-            status="AVAILABLE",
-            applied=row.spec,
-            webserver_url=self._backend.webserver_url(spec),
-            detail=None,
-        )
+        self._settle(row, "AVAILABLE", spec, applied=row.spec)
 
     def _update(self, row: EnvironmentRow) -> None:
         assert row.applied is not None
@@ -182,15 +175,8 @@ class Reconciler:
                 row.status, row.last_update = "ROLLING_BACK", last
                 self._roll_back(row)
             return
-        self._store.update_environment(
-            row.name,
-            expect_generation=row.generation,
-            status="AVAILABLE",
-            applied=row.spec,
-            webserver_url=self._backend.webserver_url(new),
-            last_update={**(row.last_update or {}), "Status": "SUCCESS"},
-            detail=None,
-        )
+        last_update = {**(row.last_update or {}), "Status": "SUCCESS"}
+        self._settle(row, "AVAILABLE", new, applied=row.spec, last_update=last_update)
 
     def _roll_back(self, row: EnvironmentRow) -> None:
         """Return to the configuration that ran before the failed update."""
@@ -204,13 +190,19 @@ class Reconciler:
         except Exception:
             log.exception("environment %s: rollback failed", row.name)
             status = "UNAVAILABLE"
+        self._settle(row, status, old, spec=row.applied)
+
+    def _settle(
+        self, row: EnvironmentRow, status: str, running: EnvironmentSpec, **values: Any
+    ) -> None:
+        """End a step: the new status, unless a newer request changed the environment."""
         self._store.update_environment(
             row.name,
             expect_generation=row.generation,
             status=status,
-            spec=row.applied,
-            webserver_url=self._backend.webserver_url(old),
+            webserver_url=self._backend.webserver_url(running),
             detail=None,
+            **values,
         )
 
     def _delete(self, row: EnvironmentRow) -> None:
