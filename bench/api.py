@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import REQUIRED, Server, wait_status  # noqa: E402
+from live_server import REQUIRED, Server, wait_status  # noqa: E402
 
 ENVIRONMENTS = 10
 

@@ -34,7 +34,7 @@ from openmwaa.runtime.ports import port_is_free
 from openmwaa.runtime.supervisor import marked_processes, terminate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import REQUIRED, Server  # noqa: E402
+from live_server import REQUIRED, Server  # noqa: E402
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 SETTLE = 30.0

@@ -21,7 +21,7 @@ from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from conftest import REQUIRED, Server
+from live_server import REQUIRED, Server
 
 MARKER = "openmwaa-test-environment"
 ACCOUNT = "123456789012"

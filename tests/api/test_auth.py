@@ -22,7 +22,7 @@ from api_support import (
     signed_request,
 )
 from botocore import UNSIGNED
-from conftest import Server, wait_status
+from live_server import Server, wait_status
 
 MISMATCH = "The request signature we calculated does not match the signature you provided."
 

@@ -19,7 +19,7 @@ import boto3
 import pytest
 from api_support import arn, cleanup, remember
 from botocore.config import Config
-from conftest import Server, wait_status
+from live_server import Server, wait_status
 
 BIN = Path(sys.executable).parent
 AWS = [str(BIN / "aws")] if (BIN / "aws").exists() else [sys.executable, "-m", "awscli"]

@@ -24,7 +24,7 @@ from api_support import (
     held_in_creating,
     wait_no_process,
 )
-from conftest import NETWORK, REQUIRED, Server, wait_status
+from live_server import NETWORK, REQUIRED, Server, wait_status
 
 
 @pytest.fixture(scope="module", autouse=True)

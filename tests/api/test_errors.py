@@ -21,7 +21,7 @@ from api_support import (
     remember,
     signed_request,
 )
-from conftest import REQUIRED, Server
+from live_server import REQUIRED, Server
 
 MIB = 1024 * 1024
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from api_support import arn, cleanup, create_env, env_process, hold
-from conftest import Server, drop_postgres_database, postgres_database, wait_status
+from live_server import Server, drop_postgres_database, postgres_database, wait_status
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

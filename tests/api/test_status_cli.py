@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import REQUIRED, Server, wait_status
+from live_server import REQUIRED, Server, wait_status
 
 
 def test_status_lists_environments_with_their_state(

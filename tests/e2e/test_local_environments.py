@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import NETWORK, Server, wait_status
+from live_server import NETWORK, Server, wait_status
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
 from runtime_support import PIPELINE_DAG, simple_dag  # noqa: E402
@@ -27,6 +27,25 @@ from openmwaa.runtime.supervisor import marked_processes  # noqa: E402
 NAME = "etl"
 BUCKET = "e2e-dags"
 CREATE_TIMEOUT = 240
+FAST_RECOVERY = {
+    # Tasks of a killed scheduler are reset after ~30 s instead of Airflow's 5 minutes.
+    "scheduler.orphaned_tasks_check_interval": "15",
+    "scheduler.task_instance_heartbeat_timeout": "30",
+}
+SLOW_DAG = """
+import datetime, time
+import pendulum
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+with DAG("slow", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False):
+    PythonOperator(
+        task_id="sleepy",
+        python_callable=lambda: time.sleep(15),
+        retries=2,
+        retry_delay=datetime.timedelta(seconds=2),
+    )
+"""
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +55,7 @@ def local(tmp_path_factory: pytest.TempPathFactory, airflow_runtimes: Path) -> I
     dags = data_dir / "buckets" / BUCKET / "dags"
     dags.mkdir(parents=True)
     (dags / "pipeline.py").write_text(PIPELINE_DAG)
+    (dags / "slow.py").write_text(SLOW_DAG)
     srv = Server(data_dir, [])
     srv.start()
     yield srv
@@ -85,7 +105,7 @@ def _until(check: Any, timeout: float, what: str) -> Any:
 
 
 def test_create_gives_a_running_airflow(mwaa: Any, local: Server) -> None:
-    _create(mwaa, NAME)
+    _create(mwaa, NAME, AirflowConfigurationOptions=FAST_RECOVERY)
     assert mwaa.get_environment(Name=NAME)["Environment"]["Status"] == "CREATING"
     env = wait_status(mwaa, NAME, {"AVAILABLE", "CREATE_FAILED"}, CREATE_TIMEOUT)
     assert env["Status"] == "AVAILABLE", env.get("LastUpdate")
@@ -125,7 +145,8 @@ def test_dag_files_in_subfolders_appear_and_deleted_ones_disappear(
 
 def test_update_takes_effect(mwaa: Any, local: Server) -> None:
     mwaa.update_environment(
-        Name=NAME, AirflowConfigurationOptions={"core.max_active_runs_per_dag": "7"}
+        Name=NAME,
+        AirflowConfigurationOptions={**FAST_RECOVERY, "core.max_active_runs_per_dag": "7"},
     )
     env = wait_status(mwaa, NAME, {"AVAILABLE", "UPDATE_FAILED"}, CREATE_TIMEOUT)
     assert env["Status"] == "AVAILABLE"
@@ -173,6 +194,33 @@ def test_killed_component_is_restarted(mwaa: Any, local: Server) -> None:
     _until(restarted, 60, "a new scheduler")
     env = wait_status(mwaa, NAME, {"UPDATE_FAILED", "AVAILABLE"}, 120)
     assert env["Status"] in ("UPDATE_FAILED", "AVAILABLE")
+
+
+def test_task_survives_a_killed_scheduler(mwaa: Any, local: Server) -> None:
+    """kill -9 of the scheduler while a task runs: Airflow completes or retries it."""
+    _until(lambda: "slow" in _dag_ids(mwaa), 60, "the slow DAG")
+    _rest(mwaa, "PATCH", "/dags/slow", Body={"is_paused": False})
+    run = _rest(mwaa, "POST", "/dags/slow/dagRuns", Body={"logical_date": None})
+
+    def task_state() -> str | None:
+        tasks = _rest(mwaa, "GET", "/dags/slow/dagRuns/~/taskInstances")["task_instances"]
+        mine = [t for t in tasks if t["dag_run_id"] == run["dag_run_id"]]
+        return mine[0]["state"] if mine else None
+
+    _until(lambda: task_state() == "running", 90, "the task to run")
+    scheduler = next(p for p in _processes(local, NAME) if "scheduler" in " ".join(p.cmdline()))
+    scheduler.kill()
+
+    def finished() -> str | None:
+        runs = _rest(mwaa, "GET", "/dags/slow/dagRuns")["dag_runs"]
+        state = next(r["state"] for r in runs if r["dag_run_id"] == run["dag_run_id"])
+        return state if state in ("success", "failed") else None
+
+    assert _until(finished, 240, "the run to finish") == "success"
+    assert wait_status(mwaa, NAME, {"UPDATE_FAILED", "AVAILABLE"}, 120)["Status"] in (
+        "UPDATE_FAILED",
+        "AVAILABLE",
+    )
 
 
 def test_create_failure_leaves_nothing(mwaa: Any, local: Server) -> None:

@@ -8,6 +8,7 @@ same port, and a restarted control plane gives an environment its old ports.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -40,6 +41,10 @@ def port_is_free(port: int) -> bool:
 class PortRegistry:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / "ports.json"
+        # Control planes on other data dirs start their search elsewhere in the range, so
+        # they rarely meet on a port one has allocated but is not listening on right now.
+        digest = hashlib.sha256(str(data_dir.resolve()).encode()).digest()
+        self._first = FIRST_PORT + int.from_bytes(digest[:4]) % 200 * 100
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, int]]]:
@@ -68,15 +73,17 @@ class PortRegistry:
         with self._locked() as data:
             current = dict(data.get(env, {}))
             taken = {p for name, entry in data.items() if name != env for p in entry.values()}
-            candidate = FIRST_PORT
+            candidate = self._first
+            tried = 0
             for name in _NAMES:
                 port = current.get(name)
                 if port and port not in taken and (not replace_busy or port_is_free(port)):
                     taken.add(port)
                     continue
                 while candidate in taken or not port_is_free(candidate):
-                    candidate += 1
-                    if candidate > LAST_PORT:
+                    candidate = FIRST_PORT if candidate >= LAST_PORT else candidate + 1
+                    tried += 1
+                    if tried > LAST_PORT - FIRST_PORT:
                         raise RuntimeError("no free port left for Airflow environments")
                 current[name] = candidate
                 taken.add(candidate)
