@@ -29,3 +29,4 @@ test: lint
 bench: install
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/lifecycle.py
+	$(BIN)/python bench/endpoint.py

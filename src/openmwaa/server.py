@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -14,10 +15,12 @@ from pathlib import Path
 import uvicorn
 
 from openmwaa.api.app import MwaaApi
+from openmwaa.api.gateway import GatewayManager
 from openmwaa.api.provider import MwaaProvider
 from openmwaa.runtime.base import Backend
 from openmwaa.runtime.config import refused_config_keys
 from openmwaa.service.endpoint import Endpoint
+from openmwaa.service.endpoint_addresses import EndpointAddresses
 from openmwaa.service.environments import Environments
 from openmwaa.service.identity import Identities
 from openmwaa.service.reconciler import Reconciler
@@ -39,6 +42,8 @@ class ControlPlane:
     environments: Environments
     reconciler: Reconciler
     app: MwaaApi
+    endpoint: Endpoint
+    addresses: EndpointAddresses
 
 
 def open_store(settings: Settings) -> Store:
@@ -61,10 +66,13 @@ def build(settings: Settings) -> ControlPlane:
     )
     reconciler = Reconciler(store, backend, environments, interval=settings.reconcile_interval)
     environments.set_wake(reconciler.wake)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    endpoint = Endpoint(store, environments, backend, f"{host}:{settings.port}")
+    addresses = EndpointAddresses(settings.data_dir, settings.host, settings.public_host)
+    environments.set_endpoint_url(addresses.url)
+    endpoint = Endpoint(store, environments, backend, addresses)
     app = MwaaApi(MwaaProvider(environments, endpoint), identities, settings.region)
-    return ControlPlane(settings, store, backend, identities, environments, reconciler, app)
+    return ControlPlane(
+        settings, store, backend, identities, environments, reconciler, app, endpoint, addresses
+    )
 
 
 def _make_backend(settings: Settings) -> Backend:
@@ -118,8 +126,19 @@ def serve(settings: Settings) -> None:
         server_header=False,
     )
     log.info("openmwaa serving the MWAA API on %s", settings.endpoint_url)
+    gateways = GatewayManager(plane.store, plane.endpoint, plane.addresses)
+    api_server = _Server(config)
+
+    async def main() -> None:
+        await gateways.start()
+        try:
+            await api_server.serve()
+        finally:
+            await gateways.stop()
+
     try:
-        _Server(config).run()
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(main())
     finally:
         log.info("stopping: environments are stopped cleanly and resumed at the next start")
         plane.reconciler.stop()

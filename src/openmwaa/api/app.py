@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from anyio import to_thread
 
 from openmwaa.api import protocol, sigv4
+from openmwaa.api.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from openmwaa.api.provider import MwaaProvider
 from openmwaa.api.validation import validate
 from openmwaa.service.errors import (
@@ -34,33 +33,6 @@ costs more than the read and, under load, waits on the GIL for milliseconds."""
 MAX_BODY = 1024 * 1024
 """Larger bodies are refused: no MWAA request comes near it."""
 SIGNING_NAME = "airflow"
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _read_body(receive: Receive, declared: str | None) -> bytes:
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
 
 
 class MwaaApi:
@@ -99,8 +71,8 @@ class MwaaApi:
     async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> protocol.Response:
         headers = protocol.header_map(scope["headers"])
         try:
-            body = await _read_body(receive, headers.get("content-length"))
-        except _BodyTooLarge:
+            body = await read_body(receive, MAX_BODY, headers.get("content-length"))
+        except BodyTooLarge:
             raise ValidationException(
                 f"The request body is larger than {MAX_BODY} bytes."
             ) from None

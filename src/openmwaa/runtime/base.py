@@ -43,6 +43,9 @@ class EnvironmentSpec:
     airflow_configuration_options: Mapping[str, str] = field(default_factory=dict)
     webserver_access_mode: str = "PRIVATE_ONLY"
     logging: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    endpoint_url: str | None = None
+    """URL of the environment's endpoint (``http://HOST:PORT``), through which users reach
+    its UI and API; Airflow's ``[api] base_url`` when set, so links go through it."""
 
 
 @dataclass(frozen=True)

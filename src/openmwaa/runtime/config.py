@@ -134,8 +134,14 @@ def airflow_environment(
     parallelism: int,
     tasks_per_worker: int,
     options: Mapping[str, str],
+    public_url: str | None = None,
 ) -> dict[str, str]:
-    """The variables every component of the environment runs with (secrets included)."""
+    """The variables every component of the environment runs with (secrets included).
+
+    ``public_url`` is the environment endpoint users reach the UI through: Airflow's
+    ``[api] base_url``, so its links and redirects go there; the execution API stays
+    on loopback.
+    """
     base = f"http://127.0.0.1:{ports.api}"
     env: dict[str, str] = {}
     # Users' options first: the service's own settings below win over them.
@@ -155,7 +161,7 @@ def airflow_environment(
             "AIRFLOW__CORE__FERNET_KEY": secrets.fernet_key,
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(ports.api),
-            "AIRFLOW__API__BASE_URL": base,
+            "AIRFLOW__API__BASE_URL": public_url or base,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
             "AIRFLOW__API__SECRET_KEY": secrets.api_secret_key,
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.jwt_secret,

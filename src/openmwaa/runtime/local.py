@@ -521,6 +521,7 @@ class LocalBackend:
                 parallelism=max(1, spec.tasks_per_worker * spec.max_workers),
                 tasks_per_worker=spec.tasks_per_worker,
                 options=spec.airflow_configuration_options,
+                public_url=spec.endpoint_url,
             )
         )
         env.update(
@@ -666,11 +667,13 @@ class LocalBackend:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             for cname, comp in self.supervisor.components(spec.name).items():
+                # An exit during start fails the start, even when the supervisor has
+                # already restarted the component by the time this loop looks.
                 if comp.exit_codes or not comp.alive():
-                    if comp.alive():
-                        continue
-                    code = comp.returncode()
-                    text = tail(comp.spec.log_path).rsplit("--- openmwaa: starting", 1)[-1]
+                    code = comp.exit_codes[0] if comp.exit_codes else comp.returncode()
+                    runs = tail(comp.spec.log_path).split("--- openmwaa: starting")
+                    restarted = comp.alive() and len(runs) > 2
+                    text = runs[-2] if restarted else runs[-1]
                     raise RuntimeFailure(
                         "COMPONENT_FAILED",
                         f"{cname} exited at start (code {code}): {useful_error_line(text)}",

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from openmwaa.runtime.base import Backend
+from openmwaa.runtime.base import Backend, EnvironmentSpec, RuntimeFailure
+from openmwaa.service.airflow3 import AirflowDialect, dialect_for
+from openmwaa.service.endpoint_addresses import EndpointAddresses
 from openmwaa.service.environments import Environments
 from openmwaa.service.errors import (
     AccessDeniedException,
@@ -31,6 +37,31 @@ ROLES = ("Admin", "Op", "User", "Viewer", "Public")
 TOKEN_LIFETIME = timedelta(seconds=60)
 REST_API_TIMEOUT = 10.0
 """MWAA gives InvokeRestApi 10 seconds."""
+SERVING_STATUSES = ("AVAILABLE", "UPDATE_FAILED", "UPDATING")
+REST_API_STATUSES = (*SERVING_STATUSES, "UNAVAILABLE")
+"""InvokeRestApi also tries an UNAVAILABLE environment: a slow health check should not fail
+calls Airflow can answer, and a down Airflow gives RestApiServerException 502."""
+_BODYLESS = ("GET", "HEAD", "DELETE")
+INVALID_TOKEN = "The token is invalid, expired or already used: create a new one."
+API_CACHE_SECONDS = 30.0
+"""How long InvokeRestApi reuses an environment's (API URL, role JWT) for one generation."""
+
+
+@runtime_checkable
+class CliBackend(Protocol):
+    """A backend that can run the Airflow CLI of an environment (the local one can)."""
+
+    def airflow_env(self, spec: EnvironmentSpec) -> tuple[Path, dict[str, str]]: ...
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a redeemed web login token opens: the environment's UI as ``role``."""
+
+    environment: str
+    role: str
+    jwt: str
+    dialect: AirflowDialect
 
 
 def digest(token: str) -> str:
@@ -39,29 +70,52 @@ def digest(token: str) -> str:
 
 class Endpoint:
     def __init__(
-        self, store: Store, environments: Environments, backend: Backend, hostname: str
+        self,
+        store: Store,
+        environments: Environments,
+        backend: Backend,
+        addresses: EndpointAddresses,
     ) -> None:
         self._store = store
         self._envs = environments
         self._backend = backend
-        self._hostname = hostname
+        self.addresses = addresses
+        # One pooled client: InvokeRestApi reuses connections to the API servers.
+        self._api_cache: dict[tuple[str, str, int], tuple[float, str, str]] = {}
+        self._api_lock = threading.Lock()
+        self._http = httpx.Client(
+            timeout=REST_API_TIMEOUT, limits=httpx.Limits(max_keepalive_connections=32)
+        )
+
+    def _hostname(self, name: str, row: Any) -> str:
+        config = row.applied or row.spec
+        return self.addresses.hostname(name, config["WebserverAccessMode"])
 
     def role_for(self, caller: Caller, name: str, action: str) -> str:
         """The highest Airflow role the caller may act as, or AccessDeniedException."""
         for role in ROLES:
             if caller.allowed(action, self._envs.role_arn(name, role)):
                 return role
-        caller.authorize(action, self._envs.role_arn(name, "Admin"))
+        try:
+            caller.authorize(action, self._envs.role_arn(name, "Admin"))
+        except AccessDeniedException as e:
+            # MwaaHook looks for "Airflow role" to fall back to a web login session.
+            raise AccessDeniedException(
+                f"{e.message} (the caller may act as no Airflow role of {name})"
+            ) from None
         raise AssertionError("authorize always raises here")  # pragma: no cover
 
     def _running(self, name: str) -> Any:
         row = self._envs.row(name)
-        if row.status not in ("AVAILABLE", "UPDATE_FAILED", "UPDATING") or row.applied is None:
+        self._check_serving(row)
+        return row
+
+    def _check_serving(self, row: Any, statuses: tuple[str, ...] = SERVING_STATUSES) -> None:
+        if row.status not in statuses or row.applied is None:
             raise ValidationException(
-                f"Environment {name} is {row.status}: its web server is reachable only "
+                f"Environment {row.name} is {row.status}: its web server is reachable only "
                 "while it is AVAILABLE."
             )
-        return row
 
     def _mint(self, kind: str, name: str, role: str, caller: Caller) -> str:
         token = secrets.token_urlsafe(32)
@@ -81,37 +135,99 @@ class Endpoint:
         return token
 
     def cli_token(self, caller: Caller, name: str) -> dict[str, Any]:
-        self._running(name)
+        row = self._running(name)
         role = "Admin"
         return {
             "CliToken": self._mint("cli", name, role, caller),
-            "WebServerHostname": self._hostname,
+            "WebServerHostname": self._hostname(name, row),
         }
 
     def web_login_token(self, caller: Caller, name: str) -> dict[str, Any]:
         self._envs.row(name)
         role = self.role_for(caller, name, "CreateWebLoginToken")
-        self._running(name)
+        row = self._running(name)
         return {
             "WebToken": self._mint("web", name, role, caller),
-            "WebServerHostname": self._hostname,
+            "WebServerHostname": self._hostname(name, row),
             "IamIdentity": caller.arn,
             "AirflowIdentity": f"{caller.user_name}-{role}".lower()[:64],
         }
 
-    def redeem(self, token: str, kind: str) -> TokenRow:
+    def redeem(self, token: str, kind: str, name: str) -> TokenRow:
+        """Use a token of ``kind`` minted for environment ``name``: once, within 60 s."""
         row = self._store.redeem_token(digest(token), kind, datetime.now(UTC))
-        if row is None:
-            raise AccessDeniedException(
-                "The token is invalid, expired or already used: create a new one."
-            )
+        if row is None or row.environment != name:
+            raise AccessDeniedException(INVALID_TOKEN)
         return row
+
+    # -- the gateway ------------------------------------------------------------------------
+
+    def spec(self, name: str) -> EnvironmentSpec:
+        """The running configuration of a serving environment (ValidationException if not)."""
+        return self._envs.spec_of(name, self._running(name).applied)
+
+    def airflow_base(self, name: str) -> tuple[str, AirflowDialect] | None:
+        """(API server base URL, dialect) of the environment, None while it has none."""
+        row = self._store.get_environment(name)
+        if row is None or row.applied is None:
+            return None
+        spec = self._envs.spec_of(name, row.applied)
+        base = self._backend.webserver_url(spec)
+        return (base, dialect_for(spec.airflow_version)) if base else None
+
+    def web_session(self, name: str, token: str) -> Session:
+        """Redeem a web login token for the session of its Airflow role.
+
+        AccessDeniedException for a bad token or a role with no Airflow user,
+        ValidationException when the environment is not serving.
+        """
+        row = self.redeem(token, "web", name)
+        spec = self.spec(name)
+        try:
+            _, jwt = self._backend.airflow_api(spec, row.airflow_role)
+        except RuntimeFailure as e:
+            if e.code == "ACCESS_DENIED":
+                raise AccessDeniedException(
+                    f"The {row.airflow_role} role has no access to the Airflow UI."
+                ) from None
+            raise
+        return Session(name, row.airflow_role, jwt, dialect_for(spec.airflow_version))
+
+    def cli_runner(self, name: str, token: str) -> tuple[Path, dict[str, str], Path | None]:
+        """Redeem a CLI token: (``airflow`` binary, its environment, working folder)."""
+        self.redeem(token, "cli", name)
+        spec = self.spec(name)
+        if not isinstance(self._backend, CliBackend):
+            raise RuntimeFailure("NO_AIRFLOW_CLI", "this backend cannot run the Airflow CLI")
+        binary, env = self._backend.airflow_env(spec)
+        home = env.get("AIRFLOW_HOME")
+        return binary, env, Path(home) if home else None
+
+    # -- InvokeRestApi --------------------------------------------------------------------------
+
+    def _rest_api_target(
+        self, key: tuple[str, str, int], spec: EnvironmentSpec, *, fresh: bool
+    ) -> tuple[str, str]:
+        """(REST API base URL, JWT of the role's user), cached per environment generation."""
+        now = time.monotonic()
+        with self._api_lock:
+            hit = self._api_cache.get(key)
+        if hit is not None and hit[0] > now and not fresh:
+            return hit[1], hit[2]
+        base, token = self._backend.airflow_api(spec, key[1])
+        url = base + dialect_for(spec.airflow_version).rest_api_prefix
+        with self._api_lock:
+            if len(self._api_cache) > 1000:
+                self._api_cache.clear()
+            self._api_cache[key] = (now + API_CACHE_SECONDS, url, token)
+        return url, token
 
     def invoke_rest_api(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         name = p["Name"]
-        self._envs.row(name)
+        row = self._envs.row(name)  # one read: InvokeRestApi's latency is what callers see
         role = self.role_for(caller, name, "InvokeRestApi")
-        row = self._running(name)
+        self._check_serving(row, REST_API_STATUSES)
+        assert row.applied is not None
         spec = self._envs.spec_of(name, row.applied)
         path = p["Path"] if p["Path"].startswith("/") else "/" + p["Path"]
         if ".." in path.split("/") or "?" in path or "#" in path:
@@ -119,24 +235,35 @@ class Endpoint:
                 f"Path {p['Path']!r} must be an Airflow REST API path such as /dags, "
                 "without '..', '?' or '#'; pass query parameters in QueryParameters."
             )
-        base, token = self._backend.airflow_api(spec, role)
+        method = p["Method"]
+        body = p.get("Body")
+        send_body = body is not None and (method not in _BODYLESS or body != {})
+        key = (name, role, row.generation)
+        for attempt in (1, 2):
+            url, token = self._rest_api_target(key, spec, fresh=attempt == 2)
+            try:
+                response = self._http.request(
+                    method,
+                    url + path,
+                    params=p.get("QueryParameters") or None,
+                    json=body if send_body else None,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            except httpx.TimeoutException:
+                raise RestApiException(504, {"detail": "Airflow did not answer in 10 s"}) from None
+            except httpx.ConnectError as e:
+                if attempt == 1:  # not sent; the API server may have moved: look it up again
+                    continue
+                raise RestApiException(502, {"detail": f"Airflow is unreachable: {e}"}) from None
+            except httpx.HTTPError as e:
+                raise RestApiException(502, {"detail": f"Airflow is unreachable: {e}"}) from None
+            if response.status_code == 401 and attempt == 1:
+                continue  # a cached JWT the environment no longer accepts
+            break
         try:
-            response = httpx.request(
-                p["Method"],
-                f"{base}/api/v2{path}",
-                params=p.get("QueryParameters") or None,
-                json=p.get("Body"),
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=REST_API_TIMEOUT,
-            )
-        except httpx.TimeoutException:
-            raise RestApiException(504, {"detail": "Airflow did not answer in 10 s"}) from None
-        except httpx.HTTPError as e:
-            raise RestApiException(502, {"detail": f"Airflow is unreachable: {e}"}) from None
-        try:
-            body: Any = response.json()
+            answer: Any = response.json() if response.content else {}
         except ValueError:
-            body = {"detail": response.text}
+            answer = {"detail": response.text}
         if response.status_code >= 400:
-            raise RestApiException(response.status_code, body)
-        return {"RestApiStatusCode": response.status_code, "RestApiResponse": body}
+            raise RestApiException(response.status_code, answer)
+        return {"RestApiStatusCode": response.status_code, "RestApiResponse": answer}

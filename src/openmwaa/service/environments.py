@@ -85,6 +85,11 @@ class Environments:
         self._versions = list(supported_versions)
         self._refused_config_keys = refused_config_keys
         self._wake: Callable[[], None] = lambda: None
+        self._endpoint_url: Callable[[str, str], str | None] = lambda _name, _mode: None
+
+    def set_endpoint_url(self, endpoint_url: Callable[[str, str], str | None]) -> None:
+        """(name, WebserverAccessMode) -> the environment endpoint's URL (WebserverUrl)."""
+        self._endpoint_url = endpoint_url
 
     def set_wake(self, wake: Callable[[], None]) -> None:
         """Called after every accepted change, so the reconciler starts on it at once."""
@@ -284,8 +289,13 @@ class Environments:
             }
             for module, settings in spec["LoggingConfiguration"].items()
         }
-        if row.webserver_url:
-            env["WebserverUrl"] = row.webserver_url
+        # The endpoint users reach the UI through (Airflow's own port stays on loopback),
+        # once the environment has run.
+        url = row.webserver_url
+        if row.applied is not None:
+            url = self._endpoint_url(row.name, row.applied["WebserverAccessMode"]) or url
+        if url:
+            env["WebserverUrl"] = url
         if row.last_update:
             last = dict(row.last_update)
             last["CreatedAt"] = datetime.fromtimestamp(last["CreatedAt"], UTC)
@@ -318,6 +328,7 @@ class Environments:
             airflow_configuration_options=dict(config.get("AirflowConfigurationOptions") or {}),
             webserver_access_mode=config["WebserverAccessMode"],
             logging=logging,
+            endpoint_url=self._endpoint_url(name, config["WebserverAccessMode"]),
         )
 
     # -- rules beyond the model --------------------------------------------------
