@@ -23,7 +23,9 @@ from openmwaa.store.models import EnvironmentRow
 
 log = logging.getLogger(__name__)
 
-RUNNING_STATUSES = ("AVAILABLE", "UNAVAILABLE", "UPDATE_FAILED")
+UNHEALTHY_CHECKS = 2
+"""Consecutive failed health checks before an environment is UNAVAILABLE: one slow
+answer on a loaded host is not an outage."""
 
 
 class Reconciler:
@@ -45,6 +47,7 @@ class Reconciler:
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
         self._busy: dict[str, Future[None]] = {}
+        self._unhealthy: dict[str, int] = {}
         self._started: set[str] = set()
         """Environments whose processes this control plane has (re)started since it began."""
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -210,6 +213,7 @@ class Reconciler:
         spec = self._environments.spec_of(row.name, config)
         self._backend.destroy(spec, self._progress(row))
         self._started.discard(row.name)
+        self._unhealthy.pop(row.name, None)
         self._store.delete_environment(row.name)
 
     def _watch(self, row: EnvironmentRow) -> None:
@@ -220,10 +224,12 @@ class Reconciler:
             self._backend.start(spec, self._progress(row))
             self._started.add(row.name)
         health = self._backend.health(spec)
+        failures = 0 if health.healthy else self._unhealthy.get(row.name, 0) + 1
+        self._unhealthy[row.name] = failures
         status = row.status
-        if not health.healthy:
+        if failures >= UNHEALTHY_CHECKS:
             status = "UNAVAILABLE"
-        elif row.status == "UNAVAILABLE":
+        elif health.healthy and row.status == "UNAVAILABLE":
             status = "AVAILABLE"
         detail = {"components": dict(health.components), "detail": health.detail}
         if status != row.status or detail != (row.detail or {}):
