@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
 import psycopg
 from botocore.config import Config
 
@@ -150,3 +152,25 @@ def installs_root() -> Path:
 
     key = hashlib.sha256(constraints_file("3.3.2").read_bytes()).hexdigest()[:10]
     return Path(f"/tmp/openmwaa-runtime-tests-{key}")
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def belongs_under(proc: psutil.Process, root: Path) -> bool:
+    """Whether an Airflow process was started for an environment under ``root``."""
+    from openmwaa.runtime.supervisor import MARKER
+
+    try:
+        return proc.environ().get(MARKER, "").startswith(str(root))
+    except (psutil.Error, OSError):
+        return False

@@ -16,17 +16,11 @@ from typing import Any
 import psutil
 import pytest
 from endpoint_support import HELLO_DAG, REQUIRED, Server, client_for, wait_status
+from live_server import belongs_under
 
-from openmwaa.runtime.supervisor import MARKER, terminate
+from openmwaa.runtime.supervisor import terminate
 
 ENV = "ep"
-
-
-def _marker_under(proc: psutil.Process, root: Path) -> bool:
-    try:
-        return proc.environ().get(MARKER, "").startswith(str(root))
-    except (psutil.Error, OSError):
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +31,7 @@ def ep_data_dir(tmp_path_factory: pytest.TempPathFactory, airflow_runtimes: Path
     dags.mkdir(parents=True)
     (dags / "hello.py").write_text(HELLO_DAG)
     yield path
-    leftovers = [p for p in psutil.process_iter() if _marker_under(p, path)]
+    leftovers = [p for p in psutil.process_iter() if belongs_under(p, path)]
     terminate(leftovers, grace=5)
 
 

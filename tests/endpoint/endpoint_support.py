@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +93,6 @@ def decoded(answer: dict[str, Any]) -> tuple[str, str]:
         base64.b64decode(answer["stdout"]).decode(),
         base64.b64decode(answer["stderr"]).decode(),
     )
-
-
-def wait_for(check: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def available(client: Any, name: str = "ep") -> None:

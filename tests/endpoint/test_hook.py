@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from endpoint_support import wait_for
+from live_server import wait_for
 
 from openmwaa.runtime.installs import DEFAULT_VERSION, install_key
 

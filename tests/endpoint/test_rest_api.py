@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from endpoint_support import aws, aws_env, wait_for
+from endpoint_support import aws, aws_env
+from live_server import wait_for
 
 ENV = "ep"
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from live_server import belongs_under
 from runtime_support import PIPELINE_DAG, Api, make_spec
 
 from openmwaa.runtime.base import EnvironmentSpec
 from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
 from openmwaa.runtime.local import LocalBackend
-from openmwaa.runtime.supervisor import MARKER, marked_processes, terminate
+from openmwaa.runtime.supervisor import marked_processes, terminate
 
 
 @pytest.fixture(scope="session")
@@ -37,15 +38,8 @@ def data_dir(airflow_runtimes: Path) -> Iterator[Path]:
             target.unlink()
     (path / "buckets" / "tests" / "dags").mkdir(parents=True)
     yield path
-    leftovers = [p for p in psutil.process_iter() if _marker_under(p, path)]
+    leftovers = [p for p in psutil.process_iter() if belongs_under(p, path)]
     terminate(leftovers, grace=5)
-
-
-def _marker_under(proc: psutil.Process, root: Path) -> bool:
-    try:
-        return proc.environ().get(MARKER, "").startswith(str(root))
-    except (psutil.Error, OSError):
-        return False
 
 
 @pytest.fixture(scope="session")

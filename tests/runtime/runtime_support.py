@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 import urllib.parse
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -71,17 +69,6 @@ def make_spec(name: str, bucket: str = "tests", **changes: Any) -> EnvironmentSp
     }
     values.update(changes)
     return EnvironmentSpec(**values)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class Api:

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from runtime_support import make_spec, simple_dag, wait_for
+from live_server import wait_for
+from runtime_support import make_spec, simple_dag
 
 from openmwaa.runtime.local import COMPONENTS, LocalBackend
 from openmwaa.runtime.supervisor import marked_processes, recorded_sessions

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-from runtime_support import Api, make_spec, simple_dag, wait_for
+from live_server import wait_for
+from runtime_support import Api, make_spec, simple_dag
 
 from openmwaa.runtime.base import EnvironmentSpec
 from openmwaa.runtime.local import COMPONENTS, LocalBackend

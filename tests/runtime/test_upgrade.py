@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from runtime_support import PIPELINE_DAG, Api, make_spec, wait_for
+from live_server import wait_for
+from runtime_support import PIPELINE_DAG, Api, make_spec
 
 from openmwaa.runtime.local import LocalBackend
 
