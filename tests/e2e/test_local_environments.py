@@ -72,6 +72,14 @@ def _processes(server: Server, name: str) -> list[psutil.Process]:
     return marked_processes(server.data_dir / "environments" / name)
 
 
+def _command(process: psutil.Process) -> str:
+    """A process's command line; empty once it has exited (a killed one may be a zombie)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _create(mwaa: Any, name: str, **extra: Any) -> None:
     mwaa.create_environment(
         Name=name,
@@ -110,7 +118,7 @@ def test_create_gives_a_running_airflow(mwaa: Any, local: Server) -> None:
     env = wait_status(mwaa, NAME, {"AVAILABLE", "CREATE_FAILED"}, CREATE_TIMEOUT)
     assert env["Status"] == "AVAILABLE", env.get("LastUpdate")
     assert env["WebserverUrl"].startswith("http")
-    names = {" ".join(p.cmdline()) for p in _processes(local, NAME)}
+    names = {_command(p) for p in _processes(local, NAME)}
     for component in ("scheduler", "dag-processor", "triggerer", "api"):
         assert any(component.replace("-", "") in n.replace("-", "").replace("_", "") for n in names)
 
@@ -151,7 +159,7 @@ def test_update_takes_effect(mwaa: Any, local: Server) -> None:
     env = wait_status(mwaa, NAME, {"AVAILABLE", "UPDATE_FAILED"}, CREATE_TIMEOUT)
     assert env["Status"] == "AVAILABLE"
     assert env["LastUpdate"]["Status"] == "SUCCESS"
-    scheduler = next(p for p in _processes(local, NAME) if "scheduler" in " ".join(p.cmdline()))
+    scheduler = next(p for p in _processes(local, NAME) if "scheduler" in _command(p))
     assert scheduler.environ()["AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG"] == "7"
 
 
@@ -181,13 +189,13 @@ def test_server_sigkill_keeps_environments_and_history(mwaa: Any, local: Server)
 
 
 def test_killed_component_is_restarted(mwaa: Any, local: Server) -> None:
-    scheduler = next(p for p in _processes(local, NAME) if "scheduler" in " ".join(p.cmdline()))
+    scheduler = next(p for p in _processes(local, NAME) if "scheduler" in _command(p))
     scheduler.kill()
 
     def restarted() -> bool:
         schedulers = [
             p for p in _processes(local, NAME)
-            if "scheduler" in " ".join(p.cmdline()) and p.pid != scheduler.pid
+            if "scheduler" in _command(p) and p.pid != scheduler.pid
         ]  # fmt: skip
         return bool(schedulers)
 
@@ -208,7 +216,7 @@ def test_task_survives_a_killed_scheduler(mwaa: Any, local: Server) -> None:
         return mine[0]["state"] if mine else None
 
     _until(lambda: task_state() == "running", 90, "the task to run")
-    scheduler = next(p for p in _processes(local, NAME) if "scheduler" in " ".join(p.cmdline()))
+    scheduler = next(p for p in _processes(local, NAME) if "scheduler" in _command(p))
     scheduler.kill()
 
     def finished() -> str | None:

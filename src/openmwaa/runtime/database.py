@@ -35,6 +35,9 @@ def copy_sqlite(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
         src.backup(dst)
+    # A write-ahead log or journal left by the replaced DB would be replayed onto the copy.
+    for leftover in ("-wal", "-shm", "-journal"):
+        target.with_name(target.name + leftover).unlink(missing_ok=True)
     os.replace(tmp, target)
 
 
