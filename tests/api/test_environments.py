@@ -12,10 +12,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from api_support import (
+from api_support import (  # noqa: F401 (fixtures)
     ACCOUNT,
     arn,
-    cleanup,
     create_env,
     env_dir,
     env_process,
@@ -26,17 +25,7 @@ from api_support import (
 )
 from live_server import NETWORK, REQUIRED, Server, wait_status
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _delete_our_environments(server: Server, mwaa: Any) -> Any:
-    yield
-    cleanup(server, mwaa)
-
-
-@pytest.fixture(scope="module")
-def loose(server: Server) -> Any:
-    """A client that sends what botocore's own validation would refuse."""
-    return server.client(parameter_validation=False)
+pytestmark = pytest.mark.usefixtures("delete_module_environments")
 
 
 def available(server: Server, mwaa: Any, name: str, **fields: Any) -> dict[str, Any]:

@@ -12,10 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import (
+from api_support import (  # noqa: F401 (fixtures)
     arn,
     assert_error,
-    cleanup,
     error_code,
     error_message,
     remember,
@@ -26,15 +25,7 @@ from live_server import REQUIRED, Server
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _delete_our_environments(server: Server, mwaa: Any) -> Any:
-    yield
-    cleanup(server, mwaa)
-
-
-@pytest.fixture(scope="module")
-def loose(server: Server) -> Any:
-    return server.client(parameter_validation=False)
+pytestmark = pytest.mark.usefixtures("delete_module_environments")
 
 
 def create_body(**fields: Any) -> bytes:
