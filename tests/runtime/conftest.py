@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from live_server import belongs_under
-from runtime_support import PIPELINE_DAG, Api, make_spec
+from runtime_support import PIPELINE_DAG, Api, assert_healthy, make_spec
 
 from openmwaa.runtime.base import EnvironmentSpec
 from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
@@ -74,5 +74,5 @@ def running(backend: LocalBackend, bucket: Path) -> tuple[EnvironmentSpec, Api]:
     backend.provision(spec, print)
     backend.start(spec, print)
     print(f"environment main healthy in {time.monotonic() - started:.1f}s")
-    assert backend.health(spec).healthy
+    assert_healthy(backend, spec)
     return spec, Api(backend, spec)

@@ -6,6 +6,7 @@ import urllib.parse
 from typing import Any
 
 import httpx
+from live_server import wait_for
 
 from openmwaa.runtime.base import EnvironmentSpec
 from openmwaa.runtime.installs import DEFAULT_VERSION
@@ -95,3 +96,9 @@ class Api:
 
     def run_path(self, dag_id: str, run_id: str) -> str:
         return f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+
+def assert_healthy(backend: LocalBackend, spec: EnvironmentSpec, within: float = 30.0) -> None:
+    """Health is a moment's reading: on a loaded machine one component's heartbeat may be
+    a beat late, which the reconciler also forgives; a lasting problem still fails."""
+    wait_for(lambda: backend.health(spec).healthy, within, f"{spec.name} reporting healthy")

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 from live_server import wait_for
-from runtime_support import Api, make_spec, simple_dag
+from runtime_support import Api, assert_healthy, make_spec, simple_dag
 
 from openmwaa.runtime.base import EnvironmentSpec
 from openmwaa.runtime.local import COMPONENTS, LocalBackend
@@ -135,7 +135,7 @@ def test_killed_component_is_restarted(
         return bool(beat) and datetime.fromisoformat(beat).timestamp() > killed_at
 
     wait_for(heartbeat_after_kill, 60, "a heartbeat of the new scheduler")
-    assert backend.health(spec).healthy
+    assert_healthy(backend, spec)
     schedulers = [
         p for p in marked_processes(backend._dir(spec.name)) if p.cmdline()[-1:] == ["scheduler"]
     ]
@@ -163,7 +163,7 @@ def test_apply_restarts_only_when_needed(
     assert all(comps[n].pid != pids[n] for n in COMPONENTS)
     env = comps["scheduler"].proc.environ()  # type: ignore[union-attr]
     assert env["AIRFLOW__CORE__DEFAULT_TASK_RETRIES"] == "2"
-    assert backend.health(configured).healthy
+    assert_healthy(backend, configured)
     for pid in pids.values():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from live_server import wait_for
-from runtime_support import PIPELINE_DAG, Api, make_spec
+from runtime_support import PIPELINE_DAG, Api, assert_healthy, make_spec
 
 from openmwaa.runtime.local import LocalBackend
 
@@ -43,7 +43,7 @@ def test_upgrade_then_rollback(backend: LocalBackend, bucket: Path) -> None:
         backend.apply(new, old, print)  # the reconciler's rollback
         api = Api(backend, old)
         assert api.request("GET", "/version").json()["version"] == "3.0.6"
-        assert backend.health(old).healthy
+        assert_healthy(backend, old)
         runs = api.request("GET", "/dags/history/dagRuns").json()["dag_runs"]
         assert run_id in {r["dag_run_id"] for r in runs}
     finally:
