@@ -30,3 +30,4 @@ bench: install
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/endpoint.py
+	$(BIN)/python bench/autoscale.py

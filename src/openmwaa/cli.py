@@ -42,6 +42,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from openmwaa.runtime.base import RuntimeFailure
     from openmwaa.server import serve
 
     logging.basicConfig(
@@ -49,19 +50,25 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(name)s: %(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    serve(
-        _settings(
-            args,
-            host=args.host,
-            port=args.port,
-            region=args.region,
-            account_id=args.account_id,
-            backend=args.backend,
-            bucket_store=args.bucket_store,
-            public_host=args.public_host,
-            airflow_database_url=args.airflow_database_url,
+    try:
+        serve(
+            _settings(
+                args,
+                host=args.host,
+                port=args.port,
+                region=args.region,
+                account_id=args.account_id,
+                backend=args.backend,
+                bucket_store=args.bucket_store,
+                public_host=args.public_host,
+                airflow_database_url=args.airflow_database_url,
+                broker_url=args.broker_url,
+                scale_in_cooldown=args.scale_in_cooldown,
+            )
         )
-    )
+    except RuntimeFailure as e:
+        console.print(f"[red]Cannot start[/] ({e.code}): {e}")
+        return 2
     return 0
 
 
@@ -137,14 +144,25 @@ def _status(args: argparse.Namespace) -> int:
     from openmwaa.server import open_store
 
     rows = open_store(_settings(args)).environments()
-    table = Table("Name", "Status", "Airflow", "Detail")
+    if args.json:
+        print(json.dumps([{"Name": r.name, "Status": r.status, "Detail": r.detail} for r in rows]))
+        return 0
+    table = Table("Name", "Status", "Airflow", "Workers", "Detail")
     for row in rows:
         detail = row.detail or {}
         text = detail.get("progress") or detail.get("detail") or ""
         components = detail.get("components") or {}
         if components and not text:
             text = ", ".join(f"{c} {state}" for c, state in components.items())
-        table.add_row(row.name, row.status, row.spec.get("AirflowVersion", ""), text)
+        scaling = detail.get("workers")
+        workers = (
+            f"{scaling['workers']} ({scaling['reason']}: queued {scaling['queued']}, "
+            f"running {scaling['running']}, min {scaling['min_workers']}, "
+            f"max {scaling['max_workers']})"
+            if scaling
+            else ""
+        )
+        table.add_row(row.name, row.status, row.spec.get("AirflowVersion", ""), workers, text)
     Console().print(table)
     return 0
 
@@ -204,6 +222,18 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("OPENMWAA_AIRFLOW_DATABASE_URL"),
         help="PostgreSQL admin URL: each environment gets its own database there",
     )
+    serve.add_argument(
+        "--broker-url",
+        default=os.environ.get("OPENMWAA_BROKER_URL"),
+        help="Redis or RabbitMQ URL (with --airflow-database-url): environments run "
+        "CeleryExecutor with workers autoscaled between MinWorkers and MaxWorkers",
+    )
+    serve.add_argument(
+        "--scale-in-cooldown",
+        type=float,
+        default=defaults.SCALE_IN_COOLDOWN,
+        help="seconds of lower load before extra workers are stopped (default: %(default)s)",
+    )
     serve.set_defaults(func=_serve)
 
     credentials = commands.add_parser("credentials", help="print export lines for the admin key")
@@ -228,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="environments and what is happening to them")
     _common(status)
+    status.add_argument("--json", action="store_true", help="the full detail, as JSON")
     status.set_defaults(func=_status)
 
     install = commands.add_parser("install", help="build an Airflow install ahead of first use")

@@ -19,6 +19,7 @@ from openmwaa.api.gateway import GatewayManager
 from openmwaa.api.provider import MwaaProvider
 from openmwaa.runtime.base import Backend
 from openmwaa.runtime.config import refused_config_keys
+from openmwaa.service.autoscaler import Autoscaler
 from openmwaa.service.endpoint import Endpoint
 from openmwaa.service.endpoint_addresses import EndpointAddresses
 from openmwaa.service.environments import Environments
@@ -41,6 +42,7 @@ class ControlPlane:
     identities: Identities
     environments: Environments
     reconciler: Reconciler
+    autoscaler: Autoscaler
     app: MwaaApi
     endpoint: Endpoint
     addresses: EndpointAddresses
@@ -64,14 +66,30 @@ def build(settings: Settings) -> ControlPlane:
         supported_versions=backend.supported_versions(),
         refused_config_keys=refused_config_keys,
     )
-    reconciler = Reconciler(store, backend, environments, interval=settings.reconcile_interval)
+    autoscaler = Autoscaler(store, backend, environments, cooldown=settings.scale_in_cooldown)
+    reconciler = Reconciler(
+        store,
+        backend,
+        environments,
+        interval=settings.reconcile_interval,
+        scaling_status=autoscaler.status,
+    )
     environments.set_wake(reconciler.wake)
     addresses = EndpointAddresses(settings.data_dir, settings.host, settings.public_host)
     environments.set_endpoint_url(addresses.url)
     endpoint = Endpoint(store, environments, backend, addresses)
     app = MwaaApi(MwaaProvider(environments, endpoint), identities, settings.region)
     return ControlPlane(
-        settings, store, backend, identities, environments, reconciler, app, endpoint, addresses
+        settings,
+        store,
+        backend,
+        identities,
+        environments,
+        reconciler,
+        autoscaler,
+        app,
+        endpoint,
+        addresses,
     )
 
 
@@ -115,6 +133,7 @@ def serve(settings: Settings) -> None:
     plane.identities.ensure_admin_key(admin_key_path(settings.data_dir))
     write_server_file(settings)
     plane.reconciler.start()
+    plane.autoscaler.start()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     config = uvicorn.Config(
         plane.app,
@@ -141,5 +160,6 @@ def serve(settings: Settings) -> None:
             runner.run(main())
     finally:
         log.info("stopping: environments are stopped cleanly and resumed at the next start")
+        plane.autoscaler.stop()
         plane.reconciler.stop()
         plane.store.close()

@@ -10,6 +10,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT_ID = "123456789012"
+SCALE_IN_COOLDOWN = 120.0
+"""MWAA removes extra workers after about two minutes without work for them."""
 
 
 def default_data_dir() -> Path:
@@ -31,6 +33,11 @@ class Settings:
     """Address the PUBLIC_* web server access modes are served on."""
     airflow_database_url: str | None = None
     """PostgreSQL admin URL: environments get their own database and role there."""
+    broker_url: str | None = None
+    """Redis or RabbitMQ URL: with ``airflow_database_url``, environments run CeleryExecutor
+    workers that autoscale between MinWorkers and MaxWorkers."""
+    scale_in_cooldown: float = SCALE_IN_COOLDOWN
+    """Seconds of lower load before the autoscaler removes workers."""
     bucket_store: str = "local"
     """``local`` (folders under ``<data-dir>/buckets``) or ``s3`` (boto3's usual configuration)."""
     reconcile_interval: float = 2.0

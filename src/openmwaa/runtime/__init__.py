@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from openmwaa.runtime.base import RuntimeFailure
+
 if TYPE_CHECKING:
     from openmwaa.runtime.base import Backend
     from openmwaa.settings import Settings
@@ -12,12 +14,26 @@ if TYPE_CHECKING:
 def make_backend(settings: Settings) -> Backend:
     """The backend named by ``settings.backend``."""
     if settings.backend == "local":
+        from openmwaa.runtime import celery, database
         from openmwaa.runtime.local import LocalBackend
+
+        # Refuse to start on services that are not there, naming the one that is missing.
+        if settings.broker_url and not settings.airflow_database_url:
+            raise RuntimeFailure(
+                "CONFIGURATION",
+                "--broker-url needs --airflow-database-url (Celery workers share a "
+                "PostgreSQL metadata database)",
+            )
+        if settings.airflow_database_url:
+            database.pg_check(settings.airflow_database_url)
+        if settings.broker_url:
+            celery.check_broker(settings.broker_url)
 
         return LocalBackend(
             settings.data_dir,
             bucket_store=settings.bucket_store,
             airflow_database_url=settings.airflow_database_url,
+            broker_url=settings.broker_url,
         )
     # Other backends ("test": runtime/testing.py, later "kubernetes") are added here.
     raise ValueError(f"unknown backend {settings.backend!r}")

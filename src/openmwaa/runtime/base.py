@@ -9,6 +9,7 @@ reconciler repeats whatever step it was in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -43,6 +44,8 @@ class EnvironmentSpec:
     airflow_configuration_options: Mapping[str, str] = field(default_factory=dict)
     webserver_access_mode: str = "PRIVATE_ONLY"
     logging: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    celery_queue: str = ""
+    """The environment's own broker queue (the last part of its CeleryExecutorQueue ARN)."""
     endpoint_url: str | None = None
     """URL of the environment's endpoint (``http://HOST:PORT``), through which users reach
     its UI and API; Airflow's ``[api] base_url`` when set, so links go through it."""
@@ -57,6 +60,23 @@ class Health:
     """Why not healthy, in words a user can act on (empty when healthy)."""
     components: Mapping[str, str] = field(default_factory=dict)
     """Component name -> state ("healthy", "starting", "down", ...)."""
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """What an autoscaling decision reads: Airflow's own task counts and the workers."""
+
+    queued: int
+    """Task instances in state queued: sent to the broker, not yet started."""
+    running: int
+    workers: int
+    """Workers running now (draining ones excluded), on every host."""
+    busy_workers: int = 0
+    """Workers with at least one running task (never chosen for scale-in)."""
+
+    def needed(self, tasks_per_worker: int) -> int:
+        """KEDA's formula: ceil((queued + running) / tasks per worker)."""
+        return math.ceil((self.queued + self.running) / max(1, tasks_per_worker))
 
 
 class RuntimeFailure(Exception):
@@ -101,6 +121,15 @@ class Backend(Protocol):
     def airflow_api(self, spec: EnvironmentSpec, role: str) -> tuple[str, str]:
         """(base URL, bearer token) for calling the environment's Airflow REST API as
         a user with ``role`` (Admin, Op, User, Viewer or Public)."""
+        ...
+
+    def worker_load(self, spec: EnvironmentSpec) -> WorkerLoad | None:
+        """Task counts and workers of a started environment; None when it has no
+        autoscaled workers (LocalExecutor). Called every second or so."""
+        ...
+
+    def set_workers(self, spec: EnvironmentSpec, count: int) -> None:
+        """Start or warm-stop workers towards ``count``; never stops one running a task."""
         ...
 
     def destroy(self, spec: EnvironmentSpec, progress: Progress) -> None:

@@ -94,6 +94,25 @@ def pg_create(admin_url: str, env_name: str, password: str) -> None:
         ) from exc
 
 
+def pg_check(admin_url: str) -> None:
+    """Raise RuntimeFailure DATABASE_UNREACHABLE unless the admin URL connects."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(_admin_conninfo(admin_url))
+    where = f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    try:
+        with psycopg.connect(_admin_conninfo(admin_url), connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeFailure(
+            "DATABASE_UNREACHABLE",
+            f"the PostgreSQL server {where} is unreachable ({reason}); "
+            "start it or fix --airflow-database-url",
+        ) from exc
+
+
 def pg_drop(admin_url: str, env_name: str) -> None:
     import psycopg
     from psycopg import sql

@@ -38,8 +38,8 @@ import httpx
 
 from openmwaa.buckets import BucketError, BucketStore, ObjectNotFound, open_store
 from openmwaa.buckets.sync import DagMirror, write_atomic
-from openmwaa.runtime import database
-from openmwaa.runtime.base import EnvironmentSpec, Health, Progress, RuntimeFailure
+from openmwaa.runtime import celery, database
+from openmwaa.runtime.base import EnvironmentSpec, Health, Progress, RuntimeFailure, WorkerLoad
 from openmwaa.runtime.config import ROLES, Ports, Secrets, airflow_environment
 from openmwaa.runtime.installs import SUPPORTED_VERSIONS, ensure_install, useful_error_line
 from openmwaa.runtime.ports import PortRegistry, port_is_free
@@ -54,6 +54,7 @@ from openmwaa.runtime.supervisor import (
     tail,
     terminate,
 )
+from openmwaa.runtime.workers import WorkerPool, WorkerTemplate
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,12 @@ MWAA_COMPONENT = {
     "dag-processor": "scheduler",
     "triggerer": "scheduler",
     "api-server": "webserver",
+    "worker": "worker",
 }
+"""Component -> the MWAA_AIRFLOW_COMPONENT its startup-script run sees."""
+MAX_WORKERS_CAP = 25
+"""MWAA's upper bound of MaxWorkers: Celery environments size parallelism for it, so
+a MaxWorkers change restarts nothing (the autoscaler alone enforces MaxWorkers)."""
 HEALTH_KEYS = {
     "metadatabase": "metadatabase",
     "scheduler": "scheduler",
@@ -125,13 +131,19 @@ class LocalBackend:
         *,
         bucket_store: str = "local",
         airflow_database_url: str | None = None,
+        broker_url: str | None = None,
         store: BucketStore | None = None,
     ) -> None:
+        if broker_url and not airflow_database_url:
+            raise ValueError("Celery workers need a PostgreSQL metadata database URL too")
         self.data_dir = Path(data_dir)
         self.store = store or open_store(bucket_store, self.data_dir)
         self.airflow_database_url = airflow_database_url
+        self.broker_url = broker_url
+        """Production mode (CeleryExecutor) when set; LocalExecutor otherwise."""
         self.ports = PortRegistry(self.data_dir)
         self.supervisor = Supervisor()
+        self.workers = WorkerPool(self.supervisor)
         self._envs: dict[str, _Env] = {}
         self._envs_lock = threading.Lock()
 
@@ -179,13 +191,23 @@ class LocalBackend:
 
     def health(self, spec: EnvironmentSpec) -> Health:
         states = self.supervisor.states(spec.name)
+        names = self._component_names(spec)
         if not states:
-            return Health(False, "Airflow is not running", {c: "down" for c in COMPONENTS})
+            return Health(False, "Airflow is not running", {c: "down" for c in names})
         components = {
-            c: ("healthy" if states.get(c) == "running" else states.get(c, "down"))
-            for c in COMPONENTS
+            c: ("healthy" if states.get(c) == "running" else states.get(c, "down")) for c in names
         }
         problems = [f"{c} is {s}" for c, s in components.items() if s != "healthy"]
+        if self.broker_url:
+            try:
+                celery.check_broker(self.broker_url)
+                components["broker"] = "healthy"
+            except RuntimeFailure as exc:
+                components["broker"] = "unreachable"
+                problems.append(str(exc))
+            for worker, state in self.workers.states(spec.name).items():
+                # Shown, not judged: the autoscaler and the supervisor look after workers.
+                components[worker] = "healthy" if state == "running" else state
         ports = self.ports.get(spec.name)
         report: dict[str, object] = {}
         if ports and states.get("api-server") == "running":
@@ -216,6 +238,34 @@ class LocalBackend:
                 problems.append(f"DAG sync failing: {env.mirror.last_error}")
         return Health(healthy, "; ".join(dict.fromkeys(problems)), components)
 
+    def worker_load(self, spec: EnvironmentSpec) -> WorkerLoad | None:
+        if not self.broker_url or not self._running(spec.name):
+            return None
+        conn = database.pg_airflow_url(
+            self._admin_url, spec.name, self._secrets(spec.name).db_password
+        )
+        try:
+            queued, running = celery.task_counts(conn)
+        except Exception as exc:  # psycopg's errors: the DB is down or not migrated yet
+            raise RuntimeFailure("DATABASE_FAILED", f"counting task instances: {exc}") from exc
+        workers, busy = self.workers.counts(spec.name)
+        return WorkerLoad(queued, running, workers, busy)
+
+    def set_workers(self, spec: EnvironmentSpec, count: int) -> None:
+        env = self._env(spec.name)
+        if not env.lock.acquire(blocking=False):
+            return  # being updated or deleted: the next pass sees the result
+        try:
+            if self._running(spec.name):
+                self.workers.scale(spec.name, count)
+        finally:
+            env.lock.release()
+
+    @property
+    def _admin_url(self) -> str:
+        assert self.airflow_database_url is not None
+        return self.airflow_database_url
+
     def webserver_url(self, spec: EnvironmentSpec) -> str | None:
         ports = self.ports.get(spec.name)
         return f"http://127.0.0.1:{ports.api}" if ports else None
@@ -225,6 +275,7 @@ class LocalBackend:
         with env.lock:
             progress("stopping Airflow components")
             self._stop_mirror(spec.name)
+            self.workers.configure(spec.name, None)
             self.supervisor.stop(spec.name)
             env_dir = self._dir(spec.name)
             self._kill_orphans(env_dir)
@@ -337,8 +388,17 @@ class LocalBackend:
         write_atomic(path, json.dumps(value.__dict__).encode(), mode=0o600)
         return value
 
+    def _component_names(self, spec: EnvironmentSpec) -> list[str]:
+        """The environment's components: several schedulers only on PostgreSQL with Celery
+        (SQLite allows one writer)."""
+        schedulers = max(1, spec.schedulers) if self.broker_url else 1
+        extra = [f"scheduler-{n}" for n in range(2, schedulers + 1)]
+        return ["scheduler", *extra, *COMPONENTS[1:]]
+
     def _prepare(self, spec: EnvironmentSpec, progress: Progress) -> _Prepared:
         """Fetch artifacts and build the install; touches nothing a running environment uses."""
+        if self.broker_url:
+            celery.check_broker(self.broker_url)
         if spec.airflow_version not in SUPPORTED_VERSIONS:
             raise RuntimeFailure(
                 "UNSUPPORTED_AIRFLOW_VERSION",
@@ -524,6 +584,16 @@ class LocalBackend:
                 public_url=spec.endpoint_url,
             )
         )
+        if self.broker_url:
+            env.update(
+                celery.celery_environment(
+                    broker_url=self.broker_url,
+                    result_backend="db+" + prepared.sql_alchemy_conn,
+                    queue=_queue(spec),
+                    tasks_per_worker=spec.tasks_per_worker,
+                )
+            )
+            env["AIRFLOW__CORE__PARALLELISM"] = str(spec.tasks_per_worker * MAX_WORKERS_CAP)
         env.update(
             {
                 MARKER: str(self._dir(spec.name)),
@@ -538,6 +608,7 @@ class LocalBackend:
         payload = {
             "install": str(prepared.install),
             "env": self._component_env(prepared),
+            "components": self._component_names(prepared.spec),
             "plugins": prepared.plugins_hash,
             "startup": prepared.startup_hash,
         }
@@ -550,12 +621,13 @@ class LocalBackend:
         base_env = self._component_env(prepared)
         airflow = str(prepared.install / "bin" / "airflow")
         specs = []
-        for component in COMPONENTS:
-            env = {**base_env, **exports.get(MWAA_COMPONENT[component], {})}
+        for component in self._component_names(prepared.spec):
+            command = component.split("-")[0] if component.startswith("scheduler") else component
+            env = {**base_env, **exports.get(MWAA_COMPONENT[command], {})}
             specs.append(
                 ComponentSpec(
                     name=component,
-                    argv=[airflow, component],
+                    argv=[airflow, command],
                     env=env,
                     cwd=self._home(name),
                     log_path=self._dir(name) / "logs" / f"{component}.log",
@@ -565,15 +637,41 @@ class LocalBackend:
         return specs
 
     def _running(self, name: str) -> bool:
+        """All components up or restarting (workers come and go, so they don't count)."""
         states = self.supervisor.states(name)
-        return bool(states) and all(s in ("running", "restarting") for s in states.values())
+        base = [s for c, s in states.items() if celery.worker_index(c) is None]
+        return bool(base) and all(s in ("running", "restarting") for s in base)
+
+    def _configure_workers(
+        self, prepared: _Prepared, exports: Mapping[str, Mapping[str, str]], fingerprint: str
+    ) -> None:
+        if not self.broker_url:
+            return
+        spec = prepared.spec
+        self.workers.configure(
+            spec.name,
+            WorkerTemplate(
+                airflow=str(prepared.install / "bin" / "airflow"),
+                env={**self._component_env(prepared), **exports.get("worker", {})},
+                cwd=self._home(spec.name),
+                log_dir=self._dir(spec.name) / "logs",
+                run_dir=self._dir(spec.name) / "run",
+                queue=_queue(spec),
+                concurrency=spec.tasks_per_worker,
+                hostname=spec.name,
+                fingerprint=fingerprint,
+                log_port=lambda worker: self.ports.named_port(spec.name, worker),
+            ),
+        )
 
     def _adopt(self, prepared: _Prepared) -> bool:
         """Take over components a killed control plane left running, if they match."""
         name = prepared.spec.name
         run_dir = self._dir(name) / "run"
         fingerprint = self._fingerprint(prepared)
-        found = {c: read_pidfile(run_dir / f"{c}.json") for c in COMPONENTS}
+        found = {
+            c: read_pidfile(run_dir / f"{c}.json") for c in self._component_names(prepared.spec)
+        }
         if all(f is not None and f[1] == fingerprint for f in found.values()):
             try:
                 exports = json.loads((self._dir(name) / "startup-exports.json").read_text())
@@ -583,6 +681,15 @@ class LocalBackend:
                 entry = found[spec.name]
                 assert entry is not None
                 self.supervisor.adopt(name, spec, run_dir, entry[0])
+            self._configure_workers(prepared, exports, fingerprint)
+            for pidfile in run_dir.glob(f"{celery.WORKER_PREFIX}*.json"):
+                worker = read_pidfile(pidfile)
+                if worker is not None and worker[1] == fingerprint:
+                    self.supervisor.adopt(
+                        name, self.workers.spec(name, pidfile.stem), run_dir, worker[0]
+                    )
+                elif worker is not None:
+                    terminate([worker[0]])
             self._env(name).fingerprint = fingerprint
             log.info("adopted the running components of %s", name)
             return True
@@ -636,6 +743,10 @@ class LocalBackend:
             self._kill_orphans(env_dir)
             raise
         self.supervisor.set_restart_on_exit(name, True)
+        self._configure_workers(prepared, exports, fingerprint)
+        if self.broker_url:
+            progress(f"starting {spec.min_workers} Celery workers")
+            self.workers.scale(name, spec.min_workers)
 
     def _run_startup_script(
         self, prepared: _Prepared, progress: Progress
@@ -647,7 +758,7 @@ class LocalBackend:
         script = self._dir(name) / "startup.sh"
         base = self._component_env(prepared)
         protected = set(base) - {"PATH"}
-        kinds = sorted(set(MWAA_COMPONENT.values()))
+        kinds = sorted({"scheduler", "webserver", *(["worker"] if self.broker_url else [])})
 
         def run(kind: str) -> dict[str, str]:
             return run_startup_script(
@@ -714,6 +825,11 @@ class LocalBackend:
         if env and env.mirror:
             env.mirror.stop()
             env.mirror = None
+
+
+def _queue(spec: EnvironmentSpec) -> str:
+    """The environment's broker queue (specs from before queues were named: by name)."""
+    return spec.celery_queue or f"openmwaa-{spec.name}"
 
 
 def _spec_dict(spec: EnvironmentSpec) -> dict[str, object]:

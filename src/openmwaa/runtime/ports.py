@@ -66,13 +66,14 @@ class PortRegistry:
             found = json.loads(self.path.read_text()).get(env)
         except (OSError, ValueError):
             return None
-        return Ports(**found) if found else None
+        return Ports(**{n: found[n] for n in _NAMES}) if found else None
 
     def allocate(self, env: str, *, replace_busy: bool = False) -> Ports:
         """The environment's ports; new ones for those busy when ``replace_busy``."""
         with self._locked() as data:
             current = dict(data.get(env, {}))
             taken = {p for name, entry in data.items() if name != env for p in entry.values()}
+            taken |= {p for name, p in current.items() if name not in _NAMES}
             candidate = self._first
             tried = 0
             for name in _NAMES:
@@ -88,7 +89,22 @@ class PortRegistry:
                 current[name] = candidate
                 taken.add(candidate)
             data[env] = current
-        return Ports(**current)
+        return Ports(**{n: current[n] for n in _NAMES})
+
+    def named_port(self, env: str, key: str) -> int:
+        """One more port of the environment, named ``key`` (a worker's log server)."""
+        with self._locked() as data:
+            current = data.setdefault(env, {})
+            if key in current and port_is_free(current[key]):
+                return int(current[key])
+            taken = {p for entry in data.values() for p in entry.values()}
+            candidate = self._first
+            for _ in range(LAST_PORT - FIRST_PORT):
+                candidate = FIRST_PORT if candidate >= LAST_PORT else candidate + 1
+                if candidate not in taken and port_is_free(candidate):
+                    current[key] = candidate
+                    return candidate
+        raise RuntimeError("no free port left for Airflow environments")
 
     def release(self, env: str) -> None:
         with self._locked() as data:

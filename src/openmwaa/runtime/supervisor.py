@@ -375,6 +375,27 @@ class Supervisor:
             if not comps:
                 self._groups.pop(group, None)
 
+    def drain(self, group: str, name: str, grace: float) -> None:
+        """Warm-stop one component without waiting: SIGTERM to its main process alone (a
+        Celery worker then finishes its tasks and exits); anything left after ``grace``
+        is stopped as usual."""
+        with self._lock:
+            comp = self._groups.get(group, {}).get(name)
+            if comp is None or comp.stopping:
+                return
+            comp.stopping = True
+        if comp.proc is not None:
+            with contextlib.suppress(psutil.Error):
+                comp.proc.terminate()
+
+        def finish() -> None:
+            if comp.proc is not None:
+                with contextlib.suppress(psutil.Error):
+                    comp.proc.wait(grace)
+            self.stop(group, grace=5.0, names={name})
+
+        threading.Thread(target=finish, name=f"drain-{name}", daemon=True).start()
+
     def stop_all(self, grace: float = STOP_GRACE) -> None:
         with self._lock:
             groups = list(self._groups)

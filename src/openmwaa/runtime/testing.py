@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from openmwaa.runtime.base import EnvironmentSpec, Health, Progress, RuntimeFailure
+from openmwaa.runtime.base import EnvironmentSpec, Health, Progress, RuntimeFailure, WorkerLoad
 from openmwaa.runtime.installs import SUPPORTED_VERSIONS
 
 _MARKER = "openmwaa-test-environment"
@@ -72,6 +72,12 @@ class ProcessBackend:
             raise RuntimeFailure("TEST_FAILURE", "update failed as the test asked")
         self.stop(old)
         self.start(new, progress)
+
+    def worker_load(self, spec: EnvironmentSpec) -> WorkerLoad | None:
+        return None  # no executor, so nothing to scale
+
+    def set_workers(self, spec: EnvironmentSpec, count: int) -> None:
+        raise RuntimeFailure("NO_WORKERS", "the test backend runs no workers")
 
     def health(self, spec: EnvironmentSpec) -> Health:
         if self._process(spec) is None:

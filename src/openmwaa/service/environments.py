@@ -328,6 +328,7 @@ class Environments:
             airflow_configuration_options=dict(config.get("AirflowConfigurationOptions") or {}),
             webserver_access_mode=config["WebserverAccessMode"],
             logging=logging,
+            celery_queue=config["CeleryExecutorQueue"].rsplit(":", 1)[-1],
             endpoint_url=self._endpoint_url(name, config["WebserverAccessMode"]),
         )
 

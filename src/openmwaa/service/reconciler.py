@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -37,12 +38,14 @@ class Reconciler:
         *,
         interval: float = 2.0,
         start_timeout: float = 600.0,
+        scaling_status: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self._store = store
         self._backend = backend
         self._environments = environments
         self._interval = interval
         self._start_timeout = start_timeout
+        self._scaling_status = scaling_status or (lambda _name: None)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
@@ -231,7 +234,10 @@ class Reconciler:
             status = "UNAVAILABLE"
         elif health.healthy and row.status == "UNAVAILABLE":
             status = "AVAILABLE"
-        detail = {"components": dict(health.components), "detail": health.detail}
+        detail: dict[str, Any] = {"components": dict(health.components), "detail": health.detail}
+        scaling = self._scaling_status(row.name)
+        if scaling is not None:
+            detail["workers"] = scaling
         if status != row.status or detail != (row.detail or {}):
             if status != row.status:
                 log.info("environment %s: %s -> %s %s", row.name, row.status, status, health.detail)

@@ -1,0 +1,128 @@
+"""Celery workers of one environment on one host, as supervised components.
+
+Used by the local backend (workers beside the control plane) and by
+``openmwaa worker`` (workers on another host). Workers are named ``worker-N``;
+each has its own Celery hostname, log-server port and pid file. Scale-in
+picks only workers with no running task and stops them by warm shutdown
+(SIGTERM to the worker alone: Celery stops taking tasks, finishes what it
+runs, and exits), so scale-in never kills a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from openmwaa.runtime.celery import WORKER_PREFIX, running_tasks, worker_argv, worker_index
+from openmwaa.runtime.supervisor import ComponentSpec, Supervisor
+
+log = logging.getLogger(__name__)
+
+DRAIN_GRACE = 3600.0
+"""How long a warm shutdown may take (the running tasks finish first)."""
+
+
+@dataclass(frozen=True)
+class WorkerTemplate:
+    """What every worker of one environment on this host shares."""
+
+    airflow: str
+    env: dict[str, str]
+    cwd: Path
+    log_dir: Path
+    run_dir: Path
+    queue: str
+    concurrency: int
+    hostname: str
+    """Celery hostname stem: worker N is ``<stem>-wN@%h``."""
+    fingerprint: str
+    log_port: Callable[[str], int]
+    """A log-server port for the named worker, kept across restarts."""
+
+
+class WorkerPool:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self._templates: dict[str, WorkerTemplate] = {}
+        self._lock = threading.Lock()
+
+    def configure(self, group: str, template: WorkerTemplate | None) -> None:
+        """Set (or forget) the template new workers of ``group`` start from."""
+        with self._lock:
+            if template is None:
+                self._templates.pop(group, None)
+            else:
+                self._templates[group] = template
+
+    def spec(self, group: str, name: str) -> ComponentSpec:
+        template = self._templates[group]
+        index = worker_index(name)
+        hostname = f"{template.hostname}-w{index}@%h"
+        env = {
+            **template.env,
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(template.log_port(name)),
+        }
+        return ComponentSpec(
+            name=name,
+            argv=[
+                *worker_argv(template.airflow, template.queue, hostname, template.concurrency),
+                "--pid",
+                str(template.run_dir / f"{name}.pid"),
+            ],
+            env=env,
+            cwd=template.cwd,
+            log_path=template.log_dir / f"{name}.log",
+            fingerprint=template.fingerprint,
+        )
+
+    def states(self, group: str) -> dict[str, str]:
+        return {
+            name: state
+            for name, state in self.supervisor.states(group).items()
+            if name.startswith(WORKER_PREFIX)
+        }
+
+    def counts(self, group: str) -> tuple[int, int]:
+        """(workers up, workers running at least one task); draining ones are not counted."""
+        up = busy = 0
+        for name, comp in self.supervisor.components(group).items():
+            if not name.startswith(WORKER_PREFIX) or comp.stopping:
+                continue
+            up += 1
+            if comp.proc is not None and comp.alive() and running_tasks(comp.proc) > 0:
+                busy += 1
+        return up, busy
+
+    def scale(self, group: str, count: int) -> None:
+        """Start workers, or warm-stop idle ones, towards ``count`` workers on this host."""
+        if group not in self._templates:
+            return
+        comps = self.supervisor.components(group)
+        workers = {n: c for n, c in comps.items() if n.startswith(WORKER_PREFIX)}
+        active = sorted(
+            (n for n, c in workers.items() if not c.stopping), key=lambda n: worker_index(n) or 0
+        )
+        if count > len(active):
+            used = {worker_index(n) for n in workers}
+            new: list[ComponentSpec] = []
+            index = 1
+            while len(active) + len(new) < count:
+                if index not in used:
+                    new.append(self.spec(group, f"{WORKER_PREFIX}{index}"))
+                index += 1
+            log.info("%s: starting %s", group, ", ".join(s.name for s in new))
+            self.supervisor.launch(group, new, self._templates[group].run_dir, restart_on_exit=True)
+            return
+        surplus = len(active) - count
+        for name in reversed(active):
+            if surplus <= 0:
+                break
+            comp = workers[name]
+            if comp.proc is None or running_tasks(comp.proc) > 0:
+                continue  # a worker running a task is never chosen
+            log.info("%s: warm shutdown of idle %s", group, name)
+            self.supervisor.drain(group, name, DRAIN_GRACE)
+            surplus -= 1
