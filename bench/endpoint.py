@@ -2,7 +2,8 @@
 
 Starts ``openmwaa serve`` with the local backend (the Airflow install is shared
 with the runtime tests' data dir when present), creates one environment, then
-alternates, one request at a time over keep-alive connections:
+alternates, one request at a time over keep-alive connections, in a new random
+order each round:
 
 - ``direct``: ``GET /api/v2/dags`` on the environment's API server (loopback),
   with the Admin user's JWT;
@@ -10,8 +11,9 @@ alternates, one request at a time over keep-alive connections:
   (SigV4 signing, the MWAA API, the role check, the call, the answer);
 - ``endpoint proxy``: the same GET through the environment's endpoint.
 
-Prints p50/p99 per path and the ratio to ``direct`` (goal: InvokeRestApi p50
-<= 1.2x).
+Every path reads the answer as JSON. Prints p50/p99 per path, the ratio to
+``direct`` (goal: InvokeRestApi p50 <= 1.2x) and the machine's load average: on
+a busy machine every extra process hop costs more, so the ratios grow.
 
     .venv/bin/python bench/endpoint.py [--requests 300]
 """
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import shutil
 import statistics
 import sys
@@ -101,6 +105,9 @@ def main() -> None:
         raw = httpx.Client(base_url=server.endpoint, timeout=30)
         payload = json.dumps({"Path": "/dags", "Method": "GET"}).encode()
 
+        def read(response: httpx.Response) -> Any:
+            return response.raise_for_status().json()
+
         def signed_invoke() -> None:
             request = AWSRequest(
                 method="POST",
@@ -109,24 +116,26 @@ def main() -> None:
                 headers={"Content-Type": "application/json"},
             )
             signer.add_auth(request)
-            answer = raw.post(f"/restapi/{ENV}", content=payload, headers=dict(request.headers))
-            answer.raise_for_status()
-            answer.json()
+            read(raw.post(f"/restapi/{ENV}", content=payload, headers=dict(request.headers)))
 
+        # Every path reads the answer as JSON, as boto3 does for InvokeRestApi.
         paths: dict[str, Callable[[], Any]] = {
-            "direct (Airflow API server)": lambda: direct.get("/api/v2/dags").raise_for_status(),
+            "direct (Airflow API server)": lambda: read(direct.get("/api/v2/dags")),
             "InvokeRestApi (boto3)": lambda: mwaa.invoke_rest_api(
                 Name=ENV, Path="/dags", Method="GET"
             ),
             "InvokeRestApi (SigV4-signed HTTP)": signed_invoke,
-            "endpoint proxy": lambda: proxied.get("/api/v2/dags").raise_for_status(),
+            "endpoint proxy": lambda: read(proxied.get("/api/v2/dags")),
         }
         samples: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(20):  # warm-up: connections, caches, the JWT
             for call in paths.values():
                 call()
+        load_before = os.getloadavg()[0]
+        order = random.Random(0)
         for _ in range(args.requests):
-            for name, call in paths.items():
+            # A new order each round: no path always follows the same other one.
+            for name, call in order.sample(list(paths.items()), len(paths)):
                 started = time.perf_counter()
                 call()
                 samples[name].append((time.perf_counter() - started) * 1000)
@@ -140,6 +149,11 @@ def main() -> None:
                 name, f"{p50:.2f}", f"{percentile(values, 0.99):.2f}", f"{p50 / base:.2f}x"
             )
         console.print(table)
+        load_after = os.getloadavg()[0]
+        console.print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after")
+        # The bench keeps about one core busy itself (one request at a time).
+        if max(load_before, load_after) > 0.75 * (os.cpu_count() or 1):
+            console.print("[yellow]a busy machine: the ratios are noisy, rerun when it is quiet")
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

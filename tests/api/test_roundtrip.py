@@ -3,6 +3,7 @@ botocore's parser: the wire format is right if botocore cannot tell us from AWS.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -13,6 +14,7 @@ from botocore.serialize import create_serializer
 
 from openmwaa.api import protocol
 from openmwaa.api.validation import validate
+from openmwaa.service.documents import RawJson
 from openmwaa.service.errors import (
     AccessDeniedException,
     ResourceNotFoundException,
@@ -152,6 +154,24 @@ def test_response_round_trip(operation_name: str) -> None:
     metadata = parsed.pop("ResponseMetadata")
     assert metadata["RequestId"] == "rid"
     assert parsed == RESPONSES[operation_name]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"dags": [{"dag_id": "é\u2603", "tags": []}], "n": 1.5, "none": None}, [1, "two"], "x", 3],
+)
+def test_invoke_rest_api_passes_airflow_json_on_as_it_came(document: Any) -> None:
+    """InvokeRestApi embeds Airflow's UTF-8 JSON text without decoding it again."""
+    operation = protocol.service_model().operation_model("InvokeRestApi")
+    raw = RawJson(json.dumps(document, ensure_ascii=False, indent=1).encode())
+    output = {"RestApiStatusCode": 200, "RestApiResponse": raw}
+    status, headers, body = protocol.serialize_response(operation, output, "rid")
+    assert raw.data in body
+    parsed = create_parser("rest-json").parse(
+        {"status_code": status, "headers": dict(headers), "body": body}, operation.output_shape
+    )
+    parsed.pop("ResponseMetadata")
+    assert parsed == {"RestApiStatusCode": 200, "RestApiResponse": document}
 
 
 @pytest.mark.parametrize(

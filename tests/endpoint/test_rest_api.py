@@ -80,3 +80,23 @@ def test_no_role_is_access_denied_with_mwaa_hook_wording(plane: Any, environment
     with pytest.raises(client.exceptions.AccessDeniedException) as excinfo:
         client.invoke_rest_api(Name=ENV, Path="/dags", Method="GET")
     assert "Airflow role" in excinfo.value.response["Error"]["Message"]
+
+
+def test_concurrent_calls_share_the_event_loop(admin: Any, environment: dict[str, Any]) -> None:
+    """InvokeRestApi waits on Airflow on the server's event loop: calls in flight together
+    each get their own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = ["/dags/hello", "/dags/no_such_dag", "/version", "/dags"] * 6
+
+    def call(path: str) -> tuple[int, str]:
+        try:
+            answer = admin.invoke_rest_api(Name=ENV, Path=path, Method="GET")
+        except admin.exceptions.RestApiClientException as e:
+            return int(e.response["RestApiStatusCode"]), ""
+        document = answer["RestApiResponse"]
+        return int(answer["RestApiStatusCode"]), document.get("dag_id") or sorted(document)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, paths))
+    assert answers == [(200, "hello"), (404, ""), (200, "git_version"), (200, "dags")] * 6

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 INLINE_OPERATIONS = frozenset({"GetEnvironment", "ListEnvironments", "ListTagsForResource"})
 """Single indexed reads: answered on the event loop, since a hop to a worker thread
-costs more than the read and, under load, waits on the GIL for milliseconds."""
+costs more than the read and, under load, waits on the GIL for milliseconds. The
+provider's coroutines (InvokeRestApi) run on the loop too; every other operation
+runs in a worker thread."""
 MAX_BODY = 1024 * 1024
 """Larger bodies are refused: no MWAA request comes near it."""
 SIGNING_NAME = "airflow"
@@ -102,10 +104,13 @@ class MwaaApi:
             return protocol.error_response("UnknownOperationException", 404, str(e), request_id)
         params = protocol.parse_request(operation, labels, raw_query, headers, body)
         validate(operation.input_shape, params)
-        handler = self._provider.handlers[operation.name]
-        if operation.name in INLINE_OPERATIONS:
-            output = handler(caller, params)
+        coroutine = self._provider.async_handlers.get(operation.name)
+        if coroutine is not None:
+            output = await coroutine(caller, params)
+        elif operation.name in INLINE_OPERATIONS:
+            output = self._provider.handlers[operation.name](caller, params)
         else:
+            handler = self._provider.handlers[operation.name]
             output = await to_thread.run_sync(handler, caller, params)
         return protocol.serialize_response(operation, output, request_id)
 

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, unquote
 import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape, StructureShape
 
+from openmwaa.service.documents import RawJson
 from openmwaa.service.errors import RestApiException, ServiceError, ValidationException
 
 SERVICE_NAME = "mwaa"
@@ -302,7 +303,20 @@ def serialize_response(
             else:
                 body[member.serialization.get("name", name)] = _to_wire(member, value)
     status = int(operation.http.get("responseCode", 200))
-    return status, headers, json.dumps(body, separators=(",", ":")).encode()
+    return status, headers, _dumps(body)
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """The body's JSON; a top-level RawJson member goes in as the text it holds."""
+    if not any(isinstance(value, RawJson) for value in body.values()):
+        return json.dumps(body, separators=(",", ":")).encode()
+    members = [
+        json.dumps(name).encode()
+        + b":"
+        + (value.data if isinstance(value, RawJson) else json.dumps(value).encode())
+        for name, value in body.items()
+    ]
+    return b"{" + b",".join(members) + b"}"
 
 
 def serialize_error(error: ServiceError, request_id: str) -> Response:

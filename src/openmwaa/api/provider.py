@@ -3,12 +3,13 @@
 Each method takes the caller and the validated input (keyed by member name)
 and returns the output structure. The IAM resource of each operation is the
 one AWS documents: the environment ARN, the role ARN for web login tokens,
-``*`` for ListEnvironments.
+``*`` for ListEnvironments. InvokeRestApi is a coroutine (``async_handlers``):
+it waits on Airflow on the event loop instead of in a worker thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from openmwaa.runtime.base import RuntimeFailure
@@ -18,6 +19,7 @@ from openmwaa.service.errors import RestApiException
 from openmwaa.service.identity import Caller
 
 Handler = Callable[[Caller, dict[str, Any]], dict[str, Any] | None]
+AsyncHandler = Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 class MwaaProvider:
@@ -25,6 +27,9 @@ class MwaaProvider:
         self._envs = environments
         self._endpoint = endpoint
         self.handlers: dict[str, Handler] = {name: getattr(self, name) for name in _OPERATIONS}
+        self.async_handlers: dict[str, AsyncHandler] = {
+            name: getattr(self, name) for name in _ASYNC_OPERATIONS
+        }
 
     def CreateEnvironment(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         caller.authorize("CreateEnvironment", self._envs.arn(p["Name"]))
@@ -69,9 +74,9 @@ class MwaaProvider:
     def CreateWebLoginToken(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         return self._endpoint.web_login_token(caller, p["Name"])
 
-    def InvokeRestApi(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+    async def InvokeRestApi(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self._endpoint.invoke_rest_api(caller, p)
+            return await self._endpoint.invoke_rest_api(caller, p)
         except RuntimeFailure as e:  # the backend cannot reach this environment's Airflow
             raise RestApiException(502, {"detail": f"Airflow is unreachable: {e}"}) from None
 
@@ -88,5 +93,5 @@ _OPERATIONS = (
     "PublishMetrics",
     "CreateCliToken",
     "CreateWebLoginToken",
-    "InvokeRestApi",
 )
+_ASYNC_OPERATIONS = ("InvokeRestApi",)

@@ -15,17 +15,21 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+from anyio import to_thread
 
 from openmwaa.runtime.base import Backend, EnvironmentSpec, RuntimeFailure
 from openmwaa.service.airflow3 import AirflowDialect, dialect_for
+from openmwaa.service.documents import RawJson
 from openmwaa.service.endpoint_addresses import EndpointAddresses
 from openmwaa.service.environments import Environments
 from openmwaa.service.errors import (
     AccessDeniedException,
+    ResourceNotFoundException,
     RestApiException,
     ValidationException,
 )
@@ -80,12 +84,22 @@ class Endpoint:
         self._envs = environments
         self._backend = backend
         self.addresses = addresses
-        # One pooled client: InvokeRestApi reuses connections to the API servers.
         self._api_cache: dict[tuple[str, str, int], tuple[float, str, str]] = {}
         self._api_lock = threading.Lock()
-        self._http = httpx.Client(
-            timeout=REST_API_TIMEOUT, limits=httpx.Limits(max_keepalive_connections=32)
+        # One pooled client on the server's event loop: InvokeRestApi reuses connections
+        # to the API servers and waits for Airflow without holding a worker thread.
+        self._http = httpx.AsyncClient(
+            timeout=REST_API_TIMEOUT,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            # Callers share this client: a cookie one's call got must not go with another's.
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
+            # The backend's API server URL is reached directly, never through the proxy
+            # that HTTP_PROXY/ALL_PROXY may name for the service's outbound traffic.
+            trust_env=False,
         )
+        # Loopback needs no compression: without Accept-Encoding, Airflow's GZipMiddleware
+        # skips compressing what this side would only decompress again.
+        del self._http.headers["accept-encoding"]
 
     def _hostname(self, name: str, row: Any) -> str:
         config = row.applied or row.spec
@@ -205,15 +219,14 @@ class Endpoint:
 
     # -- InvokeRestApi --------------------------------------------------------------------------
 
-    def _rest_api_target(
-        self, key: tuple[str, str, int], spec: EnvironmentSpec, *, fresh: bool
-    ) -> tuple[str, str]:
-        """(REST API base URL, JWT of the role's user), cached per environment generation."""
-        now = time.monotonic()
+    def _cached_target(self, key: tuple[str, str, int]) -> tuple[str, str] | None:
         with self._api_lock:
             hit = self._api_cache.get(key)
-        if hit is not None and hit[0] > now and not fresh:
-            return hit[1], hit[2]
+        return (hit[1], hit[2]) if hit is not None and hit[0] > time.monotonic() else None
+
+    def _fetch_target(self, key: tuple[str, str, int], spec: EnvironmentSpec) -> tuple[str, str]:
+        """Ask the backend for the role's (base URL, JWT) and cache it; may block on Airflow."""
+        now = time.monotonic()
         base, token = self._backend.airflow_api(spec, key[1])
         url = base + dialect_for(spec.airflow_version).rest_api_prefix
         with self._api_lock:
@@ -222,9 +235,31 @@ class Endpoint:
             self._api_cache[key] = (now + API_CACHE_SECONDS, url, token)
         return url, token
 
-    def invoke_rest_api(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+    async def _rest_api_target(
+        self, key: tuple[str, str, int], spec: EnvironmentSpec, *, fresh: bool
+    ) -> tuple[str, str]:
+        """(REST API base URL, JWT of the role's user), cached per environment generation.
+
+        A cached target costs no thread hop; fetching one (``POST /auth/token`` to the
+        environment) runs in a worker thread.
+        """
+        if not fresh:
+            hit = self._cached_target(key)
+            if hit is not None:
+                return hit
+        return await to_thread.run_sync(self._fetch_target, key, spec)
+
+    async def invoke_rest_api(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        """Call the environment's Airflow REST API as the caller's role, on the event loop.
+
+        The one store read is a single indexed row (as GetEnvironment's, answered on the
+        loop too); the request to Airflow is awaited, so the common path (a cached JWT)
+        never leaves the event loop. RuntimeFailure when the backend cannot reach Airflow.
+        """
         name = p["Name"]
-        row = self._envs.row(name)  # one read: InvokeRestApi's latency is what callers see
+        row = self._store.environment_state(name)  # one lean read: callers see its latency
+        if row is None:
+            raise ResourceNotFoundException(f"Environment {name} does not exist.")
         role = self.role_for(caller, name, "InvokeRestApi")
         self._check_serving(row, REST_API_STATUSES)
         assert row.applied is not None
@@ -240,9 +275,9 @@ class Endpoint:
         send_body = body is not None and (method not in _BODYLESS or body != {})
         key = (name, role, row.generation)
         for attempt in (1, 2):
-            url, token = self._rest_api_target(key, spec, fresh=attempt == 2)
+            url, token = await self._rest_api_target(key, spec, fresh=attempt == 2)
             try:
-                response = self._http.request(
+                response = await self._http.request(
                     method,
                     url + path,
                     params=p.get("QueryParameters") or None,
@@ -260,10 +295,24 @@ class Endpoint:
             if response.status_code == 401 and attempt == 1:
                 continue  # a cached JWT the environment no longer accepts
             break
-        try:
-            answer: Any = response.json() if response.content else {}
-        except ValueError:
-            answer = {"detail": response.text}
+        if response.status_code < 400 and _is_json(response):
+            # Airflow's JSON (FastAPI's, always valid) goes on as it came: decoding it only
+            # to encode it again would cost time in proportion to its size.
+            answer: Any = RawJson(response.content)
+        else:
+            try:
+                answer = response.json() if response.content else {}
+            except ValueError:
+                answer = {"detail": response.text}
         if response.status_code >= 400:
             raise RestApiException(response.status_code, answer)
         return {"RestApiStatusCode": response.status_code, "RestApiResponse": answer}
+
+
+def _is_json(response: httpx.Response) -> bool:
+    """Whether the answer is a JSON document in UTF-8 (what Airflow's API sends)."""
+    if not response.content:
+        return False
+    media_type, _, parameters = response.headers.get("content-type", "").partition(";")
+    charset = parameters.partition("charset=")[2].strip().strip('"').lower()
+    return media_type.strip().lower() == "application/json" and charset in ("", "utf-8")
