@@ -63,15 +63,14 @@ from sqlalchemy.engine import make_url
 from openmwaa.runtime.celery import check_broker, running_tasks
 from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
 from openmwaa.runtime.supervisor import read_pidfile, terminate
-from openmwaa.settings import default_data_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_support import bench_data_dir, shared_runtimes, start_component  # noqa: E402
 from live_server import (  # noqa: E402
     POSTGRES_ADMIN,
     REQUIRED,
     Server,
     free_port,
-    installs_root,
     wait_status,
 )
 
@@ -90,51 +89,52 @@ PROBE_EVERY = 0.25
 """Seconds between two looks at the workers (reaction times are this precise)."""
 RUN_TIMEOUT = 1800.0
 
-BURST_DAG = """
-import time
-
-import pendulum
+DAG_TEMPLATE = """
+{imports}import pendulum
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG
 
 
-def pause():
-    time.sleep({seconds})
+def {function}():
+    {body}
 
 
 with DAG(
-    "burst",
+    "{dag_id}",
     schedule=None,
     start_date=pendulum.datetime(2024, 1, 1),
     catchup=False,
     max_active_tasks={tasks},
 ):
     for i in range({tasks}):
-        PythonOperator(task_id=f"t{{i}}", python_callable=pause)
+        PythonOperator(task_id=f"{task_prefix}{{i}}", python_callable={function})
 """
 
-# PythonOperator, not EmptyOperator: the scheduler marks EmptyOperator tasks done
-# without sending them to any worker.
-NOOP_DAG = """
-import pendulum
-from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG
+
+def tasks_dag(
+    dag_id: str, tasks: int, task_prefix: str, function: str, body: str, imports: str = ""
+) -> str:
+    """DAG ``dag_id``: ``tasks`` tasks ``<task_prefix>N`` that may all run at once, each a
+    PythonOperator calling ``function`` (of one line, ``body``)."""
+    return DAG_TEMPLATE.format(
+        imports=imports,
+        function=function,
+        body=body,
+        dag_id=dag_id,
+        tasks=tasks,
+        task_prefix=task_prefix,
+    )
 
 
-def noop():
-    return None
+def burst_dag(tasks: int, seconds: float) -> str:
+    return tasks_dag("burst", tasks, "t", "pause", f"time.sleep({seconds})", "import time\n\n")
 
 
-with DAG(
-    "noop",
-    schedule=None,
-    start_date=pendulum.datetime(2024, 1, 1),
-    catchup=False,
-    max_active_tasks={tasks},
-):
-    for i in range({tasks}):
-        PythonOperator(task_id=f"n{{i}}", python_callable=noop)
-"""
+def noop_dag(tasks: int) -> str:
+    # PythonOperator, not EmptyOperator: the scheduler marks EmptyOperator tasks done
+    # without sending them to any worker.
+    return tasks_dag("noop", tasks, "n", "noop", "return None")
+
 
 Api = Callable[..., Any]
 """api(method, path, body=None, query=None) -> the Airflow REST API's JSON answer."""
@@ -598,16 +598,7 @@ def raw_airflow(
         if migrate.returncode:
             raise RuntimeError(f"airflow db migrate failed: {migrate.stderr[-2000:]}")
         for component, argv in commands.items():
-            with (home / f"{component}.log").open("wb") as log:
-                child = subprocess.Popen(
-                    argv,
-                    env=env,
-                    cwd=home,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            procs.append(psutil.Process(child.pid))
+            procs.append(start_component(argv, env, home, component))
         api = direct_api(base)
         deadline = time.monotonic() + 300
         while "ready." not in (home / "worker.log").read_text(errors="replace"):
@@ -810,18 +801,13 @@ def main() -> int:
         console.print("[yellow]matplotlib is not installed: no chart will be drawn[/yellow]")
 
     # The install `make install` builds (or the runtime tests'), built there if missing.
-    shared = default_data_dir() / "runtimes"
-    if not shared.is_dir() and (installs_root() / "runtimes").is_dir():
-        shared = installs_root() / "runtimes"
+    shared = shared_runtimes()
     install = ensure_install(
         shared.parent, DEFAULT_VERSION, None, lambda s: console.print(f"  {s}")
     )
-    data_dir = Path(tempfile.mkdtemp(prefix="openmwaa-bench-autoscale-"))
-    (data_dir / "runtimes").symlink_to(shared)
-    dags = data_dir / "buckets" / BUCKET / "dags"
-    dags.mkdir(parents=True)
-    noop_text = NOOP_DAG.format(tasks=args.noops)
-    (dags / "burst.py").write_text(BURST_DAG.format(tasks=args.tasks, seconds=args.sleep))
+    data_dir, dags = bench_data_dir("openmwaa-bench-autoscale-", shared, BUCKET)
+    noop_text = noop_dag(args.noops)
+    (dags / "burst.py").write_text(burst_dag(args.tasks, args.sleep))
     (dags / "noop.py").write_text(noop_text)
     server = Server(
         data_dir,

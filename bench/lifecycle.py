@@ -34,6 +34,7 @@ from openmwaa.runtime.ports import port_is_free
 from openmwaa.runtime.supervisor import marked_processes, terminate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_support import start_component  # noqa: E402
 from live_server import REQUIRED, Server  # noqa: E402
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -105,16 +106,7 @@ def raw_baseline(install: Path, parallelism: int) -> tuple[float, int]:
             [airflow, "db", "migrate"], env=env, cwd=home, check=True, capture_output=True
         )
         for component in COMPONENTS:
-            log = open(home / f"{component}.log", "wb")  # noqa: SIM115 (lives with the child)
-            child = subprocess.Popen(
-                [airflow, component],
-                env=env,
-                cwd=home,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            procs.append(psutil.Process(child.pid))
+            procs.append(start_component([airflow, component], env, home, component))
         while not healthy(f"http://127.0.0.1:{api}"):
             if time.monotonic() - started > 300:
                 raise RuntimeError(f"raw Airflow not healthy after 300s; logs in {home}")

@@ -20,7 +20,7 @@ import pytest
 from live_server import NETWORK, Server, wait_status
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
-from runtime_support import PIPELINE_DAG, simple_dag  # noqa: E402
+from runtime_support import PIPELINE_DAG, simple_dag, slow_dag  # noqa: E402
 
 from openmwaa.runtime.supervisor import marked_processes  # noqa: E402
 
@@ -32,20 +32,6 @@ FAST_RECOVERY = {
     "scheduler.orphaned_tasks_check_interval": "15",
     "scheduler.task_instance_heartbeat_timeout": "30",
 }
-SLOW_DAG = """
-import datetime, time
-import pendulum
-from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG
-
-with DAG("slow", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False):
-    PythonOperator(
-        task_id="sleepy",
-        python_callable=lambda: time.sleep(15),
-        retries=2,
-        retry_delay=datetime.timedelta(seconds=2),
-    )
-"""
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +41,7 @@ def local(tmp_path_factory: pytest.TempPathFactory, airflow_runtimes: Path) -> I
     dags = data_dir / "buckets" / BUCKET / "dags"
     dags.mkdir(parents=True)
     (dags / "pipeline.py").write_text(PIPELINE_DAG)
-    (dags / "slow.py").write_text(SLOW_DAG)
+    (dags / "slow.py").write_text(slow_dag(15))
     srv = Server(data_dir, [])
     srv.start()
     yield srv

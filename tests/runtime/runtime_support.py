@@ -43,6 +43,24 @@ with DAG("pipeline", schedule=None, start_date=pendulum.datetime(2024, 1, 1), ca
 """
 
 
+def slow_dag(seconds: float, retries: int = 2) -> str:
+    """DAG ``slow``: one task ``sleepy`` sleeping ``seconds``, retried ``retries`` times."""
+    return f"""
+import datetime, time
+import pendulum
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+with DAG("slow", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False):
+    PythonOperator(
+        task_id="sleepy",
+        python_callable=lambda: time.sleep({seconds}),
+        retries={retries},
+        retry_delay=datetime.timedelta(seconds=2),
+    )
+"""
+
+
 def simple_dag(dag_id: str) -> str:
     return (
         "import pendulum\n"

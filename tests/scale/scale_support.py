@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from live_server import NETWORK, Server, free_port, wait_status
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
+from runtime_support import slow_dag  # noqa: E402
 
 BUCKET = "scale-dags"
 CREATE_TIMEOUT = 300
@@ -47,21 +51,6 @@ with DAG("whoami", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catc
         PythonOperator(task_id=f"who{i}", python_callable=check)
 """
 
-SLOW_DAG = """
-import datetime, time
-import pendulum
-from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG
-
-with DAG("slow", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False):
-    PythonOperator(
-        task_id="sleepy",
-        python_callable=lambda: time.sleep(40),
-        retries=2,
-        retry_delay=datetime.timedelta(seconds=2),
-    )
-"""
-
 FAST_RECOVERY = {
     # A task whose worker died is failed (and retried) after ~30 s instead of 5 minutes.
     "scheduler.task_instance_heartbeat_timeout": "30",
@@ -83,7 +72,7 @@ def celery_server(
     dags.mkdir(parents=True)
     (dags / "burst.py").write_text(BURST_DAG.format(tasks=12, seconds=10))
     (dags / "whoami.py").write_text(WHOAMI_DAG)
-    (dags / "slow.py").write_text(SLOW_DAG)
+    (dags / "slow.py").write_text(slow_dag(40))
     server = Server(
         data_dir,
         [

@@ -91,11 +91,17 @@ class PortRegistry:
             data[env] = current
         return Ports(**{n: current[n] for n in _NAMES})
 
-    def named_port(self, env: str, key: str) -> int:
-        """One more port of the environment, named ``key`` (a worker's log server)."""
+    def named_port(self, env: str, key: str, *, replace_busy: bool = True) -> int:
+        """One more port of the environment, named ``key`` (a worker's log server), kept
+        across restarts.
+
+        The recorded port when there is one; a new one when ``replace_busy`` and something
+        listens on the recorded port (for a worker about to start). For a worker that runs
+        already (being adopted), pass ``replace_busy=False``: it listens on its port itself.
+        """
         with self._locked() as data:
             current = data.setdefault(env, {})
-            if key in current and port_is_free(current[key]):
+            if key in current and (not replace_busy or port_is_free(current[key])):
                 return int(current[key])
             taken = {p for entry in data.values() for p in entry.values()}
             candidate = self._first
