@@ -194,6 +194,54 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    import signal
+    import socket
+    import threading
+
+    from openmwaa.agent import ControlPlane, WorkerAgent
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    key_id = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key_id or not secret:
+        console.print(
+            "[red]No credentials[/]: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to a key "
+            "from `openmwaa keys create` allowed airflow:RunWorkers on the environment."
+        )
+        return 2
+    host = args.name or socket.gethostname().split(".")[0]
+    region = args.region or os.environ.get("AWS_DEFAULT_REGION") or defaults.DEFAULT_REGION
+    settings = _settings(args)
+    agent = WorkerAgent(
+        ControlPlane(args.server, key_id, secret, region),
+        args.environment,
+        host,
+        args.max_workers,
+        settings.data_dir,
+        lambda line: console.log(line),
+    )
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            agent.hurry.set()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    console.log(
+        f"worker host {host}: up to {args.max_workers} workers of {args.environment} "
+        f"for {args.server}"
+    )
+    agent.run(stop)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from openmwaa.demo import run_demo
 
@@ -265,6 +313,22 @@ def parser() -> argparse.ArgumentParser:
     _common(install)
     install.add_argument("--airflow-version", default=None, help="default: the newest supported")
     install.set_defaults(func=_install)
+
+    worker = commands.add_parser(
+        "worker", help="run Celery workers of an environment on this host (another machine)"
+    )
+    _common(worker)
+    worker.add_argument("--server", required=True, help="the control plane, e.g. http://h:8787")
+    worker.add_argument("--environment", required=True, help="the environment's name")
+    worker.add_argument(
+        "--max-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="most workers this host runs (default: its CPUs, %(default)s)",
+    )
+    worker.add_argument("--name", default=None, help="this host's name (default: its hostname)")
+    worker.add_argument("--region", default=None, help="default: $AWS_DEFAULT_REGION or us-east-1")
+    worker.set_defaults(func=_worker)
 
     demo = commands.add_parser("demo", help="start the server with a demo environment")
     _common(demo)

@@ -17,6 +17,7 @@ import uvicorn
 from openmwaa.api.app import MwaaApi
 from openmwaa.api.gateway import GatewayManager
 from openmwaa.api.provider import MwaaProvider
+from openmwaa.api.workers import WorkerRoutes
 from openmwaa.runtime.base import Backend
 from openmwaa.runtime.config import refused_config_keys
 from openmwaa.service.autoscaler import Autoscaler
@@ -25,6 +26,7 @@ from openmwaa.service.endpoint_addresses import EndpointAddresses
 from openmwaa.service.environments import Environments
 from openmwaa.service.identity import Identities
 from openmwaa.service.reconciler import Reconciler
+from openmwaa.service.worker_hosts import WorkerHosts
 from openmwaa.settings import Settings
 from openmwaa.store.db import Store, secure_file
 
@@ -66,7 +68,10 @@ def build(settings: Settings) -> ControlPlane:
         supported_versions=backend.supported_versions(),
         refused_config_keys=refused_config_keys,
     )
-    autoscaler = Autoscaler(store, backend, environments, cooldown=settings.scale_in_cooldown)
+    hosts = WorkerHosts(backend, environments)
+    autoscaler = Autoscaler(
+        store, backend, environments, hosts, cooldown=settings.scale_in_cooldown
+    )
     reconciler = Reconciler(
         store,
         backend,
@@ -78,7 +83,9 @@ def build(settings: Settings) -> ControlPlane:
     addresses = EndpointAddresses(settings.data_dir, settings.host, settings.public_host)
     environments.set_endpoint_url(addresses.url)
     endpoint = Endpoint(store, environments, backend, addresses)
-    app = MwaaApi(MwaaProvider(environments, endpoint), identities, settings.region)
+    app = MwaaApi(
+        MwaaProvider(environments, endpoint), identities, settings.region, WorkerRoutes(hosts)
+    )
     return ControlPlane(
         settings,
         store,

@@ -63,7 +63,12 @@ def unique(prefix: str) -> str:
 
 
 def celery_server(
-    data_dir: Path, runtimes: Path, broker: str, postgres_admin: str, cooldown: float = 10
+    data_dir: Path,
+    runtimes: Path,
+    broker: str,
+    postgres_admin: str,
+    cooldown: float = 10,
+    extra: tuple[str, ...] = (),
 ) -> Server:
     """A control plane in production mode (PostgreSQL + broker) with the test DAGs."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +84,7 @@ def celery_server(
             "--airflow-database-url", postgres_admin,
             "--broker-url", broker,
             "--scale-in-cooldown", str(cooldown),
+            *extra,
         ],
     )  # fmt: skip
     server.start()

@@ -13,7 +13,7 @@ import uuid
 
 from anyio import to_thread
 
-from openmwaa.api import protocol, sigv4
+from openmwaa.api import protocol, sigv4, workers
 from openmwaa.api.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from openmwaa.api.provider import MwaaProvider
 from openmwaa.api.validation import validate
@@ -23,7 +23,7 @@ from openmwaa.service.errors import (
     ServiceError,
     ValidationException,
 )
-from openmwaa.service.identity import Identities
+from openmwaa.service.identity import Caller, Identities
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,17 @@ SIGNING_NAME = "airflow"
 
 
 class MwaaApi:
-    def __init__(self, provider: MwaaProvider, identities: Identities, region: str) -> None:
+    def __init__(
+        self,
+        provider: MwaaProvider,
+        identities: Identities,
+        region: str,
+        worker_routes: workers.WorkerRoutes | None = None,
+    ) -> None:
         self._provider = provider
         self._identities = identities
         self._region = region
+        self._workers = worker_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -72,32 +79,26 @@ class MwaaApi:
 
     async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> protocol.Response:
         headers = protocol.header_map(scope["headers"])
-        try:
-            body = await read_body(receive, MAX_BODY, headers.get("content-length"))
-        except BodyTooLarge:
-            raise ValidationException(
-                f"The request body is larger than {MAX_BODY} bytes."
-            ) from None
         raw_path = scope.get("raw_path") or scope["path"].encode()
         raw_path_text = raw_path.decode("latin-1")
+        worker_call = workers.is_worker_path(raw_path_text)
+        limit = workers.MAX_BODY if worker_call else MAX_BODY
+        try:
+            body = await read_body(receive, limit, headers.get("content-length"))
+        except BodyTooLarge:
+            raise ValidationException(f"The request body is larger than {limit} bytes.") from None
         raw_query = scope.get("query_string", b"").decode("latin-1")
         method = scope["method"]
-        try:
-            key_id = sigv4.verify(
-                method,
-                raw_path_text,
-                raw_query,
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
-                body,
-                region=self._region,
-                service=SIGNING_NAME,
-                lookup_secret=self._secret,
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+
+        async def authenticate() -> Caller:
+            return self._authenticate(method, raw_path_text, raw_query, raw_headers, body)
+
+        if worker_call and self._workers is not None:
+            return await self._workers.handle(
+                method, raw_path_text, raw_query, raw_headers, body, authenticate, request_id
             )
-        except sigv4.SignatureError as e:
-            raise AccessDeniedException(e.message) from None
-        caller = self._identities.caller(key_id)
-        if caller is None:  # deleted between the two look-ups
-            raise AccessDeniedException("The security token included in the request is invalid.")
+        caller = await authenticate()
         try:
             operation, labels = protocol.match(method, raw_path_text)
         except protocol.UnknownOperation as e:
@@ -113,6 +114,28 @@ class MwaaApi:
             handler = self._provider.handlers[operation.name]
             output = await to_thread.run_sync(handler, caller, params)
         return protocol.serialize_response(operation, output, request_id)
+
+    def _authenticate(
+        self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes
+    ) -> Caller:
+        """The caller whose key signed the request (SigV4); AccessDeniedException otherwise."""
+        try:
+            key_id = sigv4.verify(
+                method,
+                path,
+                query,
+                headers,
+                body,
+                region=self._region,
+                service=SIGNING_NAME,
+                lookup_secret=self._secret,
+            )
+        except sigv4.SignatureError as e:
+            raise AccessDeniedException(e.message) from None
+        caller = self._identities.caller(key_id)
+        if caller is None:  # deleted between the two look-ups
+            raise AccessDeniedException("The security token included in the request is invalid.")
+        return caller
 
     def _secret(self, access_key_id: str) -> str | None:
         caller = self._identities.caller(access_key_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 Progress = Callable[[str], None]
@@ -79,6 +80,24 @@ class WorkerLoad:
         return math.ceil((self.queued + self.running) / max(1, tasks_per_worker))
 
 
+@dataclass(frozen=True)
+class WorkerBundle:
+    """What Celery workers of an environment on another host run from (``openmwaa worker``)."""
+
+    airflow_version: str
+    requirements: str | None
+    env: Mapping[str, str]
+    """Airflow settings every worker needs (executor, broker, result backend, queue, keys),
+    free of this host's paths, ports and the secrets only the API server uses."""
+    queue: str
+    concurrency: int
+    startup_script: bytes | None
+    fingerprint: str
+    """Changes whenever workers must restart to run with a new configuration."""
+    folders: Mapping[str, Path]
+    """``dags`` and ``plugins``: the folders a worker host keeps a copy of."""
+
+
 class RuntimeFailure(Exception):
     """A step failed for a reason the user can fix; becomes LastUpdate.Error.
 
@@ -130,6 +149,11 @@ class Backend(Protocol):
 
     def set_workers(self, spec: EnvironmentSpec, count: int) -> None:
         """Start or warm-stop workers towards ``count``; never stops one running a task."""
+        ...
+
+    def worker_bundle(self, spec: EnvironmentSpec) -> WorkerBundle | None:
+        """What workers on other hosts need; None unless the environment runs Celery
+        workers and is started."""
         ...
 
     def destroy(self, spec: EnvironmentSpec, progress: Progress) -> None:

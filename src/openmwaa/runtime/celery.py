@@ -10,7 +10,10 @@ metadata database and process tree, never guessed.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
@@ -89,6 +92,35 @@ def celery_environment(
         # Every key of this environment under its own prefix (queues, unacked, bindings).
         env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"] = f"{queue}:"
     return env
+
+
+_PURGE = (
+    "import os, redis\n"
+    "r = redis.from_url(os.environ['BROKER_URL'])\n"
+    "keys = list(r.scan_iter(match=os.environ['PREFIX'] + '*', count=1000))\n"
+    "print(r.delete(*keys) if keys else 0)\n"
+)
+
+
+def purge_redis_keys(python: Path, broker_url: str, prefix: str) -> int:
+    """Delete a deleted environment's keys (its queue, bindings, unacked tasks) from Redis.
+
+    Run with the environment's own Airflow install, which has the Redis client the
+    control plane does not need otherwise; the URL goes by environment, never argv.
+    """
+    if not broker_address(broker_url)[0].startswith("redis"):
+        return 0  # RabbitMQ: the queue is the environment's own; nothing is left over
+    proc = subprocess.run(
+        [str(python), "-c", _PURGE],
+        env={**os.environ, "BROKER_URL": broker_url, "PREFIX": prefix},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeFailure("BROKER_FAILED", proc.stderr.strip().splitlines()[-1][:300])
+    return int(proc.stdout.strip() or 0)
 
 
 def worker_argv(airflow: str, queue: str, hostname: str, concurrency: int) -> list[str]:

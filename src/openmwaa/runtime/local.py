@@ -39,7 +39,15 @@ import httpx
 from openmwaa.buckets import BucketError, BucketStore, ObjectNotFound, open_store
 from openmwaa.buckets.sync import DagMirror, write_atomic
 from openmwaa.runtime import celery, database
-from openmwaa.runtime.base import EnvironmentSpec, Health, Progress, RuntimeFailure, WorkerLoad
+from openmwaa.runtime.base import (
+    EnvironmentSpec,
+    Health,
+    Progress,
+    RuntimeFailure,
+    WorkerBundle,
+    WorkerLoad,
+)
+from openmwaa.runtime.bundles import portable_env
 from openmwaa.runtime.config import ROLES, Ports, Secrets, airflow_environment
 from openmwaa.runtime.installs import SUPPORTED_VERSIONS, ensure_install, useful_error_line
 from openmwaa.runtime.ports import PortRegistry, port_is_free
@@ -120,6 +128,8 @@ class _Env:
     mirror: DagMirror | None = None
     fingerprint: str | None = None
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
+    bundle: WorkerBundle | None = None
+    """What workers on other hosts run from, once the environment runs Celery workers."""
 
 
 class LocalBackend:
@@ -251,6 +261,11 @@ class LocalBackend:
         workers, busy = self.workers.counts(spec.name)
         return WorkerLoad(queued, running, workers, busy)
 
+    def worker_bundle(self, spec: EnvironmentSpec) -> WorkerBundle | None:
+        if not self.broker_url or not self._running(spec.name):
+            return None
+        return self._env(spec.name).bundle
+
     def set_workers(self, spec: EnvironmentSpec, count: int) -> None:
         env = self._env(spec.name)
         if not env.lock.acquire(blocking=False):
@@ -279,6 +294,7 @@ class LocalBackend:
             self.supervisor.stop(spec.name)
             env_dir = self._dir(spec.name)
             self._kill_orphans(env_dir)
+            self._purge_broker(spec)
             if self.airflow_database_url:
                 progress("dropping the metadata database")
                 try:
@@ -293,6 +309,20 @@ class LocalBackend:
             env.tokens.clear()
         with self._envs_lock:
             self._envs.pop(spec.name, None)
+
+    def _purge_broker(self, spec: EnvironmentSpec) -> None:
+        install = self._load_state(spec.name).get("install")
+        if not self.broker_url or not isinstance(install, str):
+            return
+        try:
+            removed = celery.purge_redis_keys(
+                Path(install) / "bin" / "python", self.broker_url, f"{_queue(spec)}:"
+            )
+        except (RuntimeFailure, OSError, subprocess.SubprocessError, ValueError) as exc:
+            # Left-over keys harm no one (the queue name is never reused): say so and go on.
+            log.warning("%s: broker keys left in place: %s", spec.name, exc)
+            return
+        log.info("%s: removed %d broker keys", spec.name, removed)
 
     def shutdown(self) -> None:
         with self._envs_lock:
@@ -648,6 +678,17 @@ class LocalBackend:
         if not self.broker_url:
             return
         spec = prepared.spec
+        home = self._home(spec.name)
+        self._env(spec.name).bundle = WorkerBundle(
+            airflow_version=spec.airflow_version,
+            requirements=prepared.requirements,
+            env=portable_env(self._component_env(prepared)),
+            queue=_queue(spec),
+            concurrency=spec.tasks_per_worker,
+            startup_script=prepared.startup,
+            fingerprint=fingerprint,
+            folders={"dags": home / "dags", "plugins": home / "plugins"},
+        )
         self.workers.configure(
             spec.name,
             WorkerTemplate(
@@ -660,7 +701,9 @@ class LocalBackend:
                 concurrency=spec.tasks_per_worker,
                 hostname=spec.name,
                 fingerprint=fingerprint,
-                log_port=lambda worker: self.ports.named_port(spec.name, worker),
+                log_port=lambda worker, replace_busy: self.ports.named_port(
+                    spec.name, worker, replace_busy=replace_busy
+                ),
             ),
         )
 
@@ -686,7 +729,10 @@ class LocalBackend:
                 worker = read_pidfile(pidfile)
                 if worker is not None and worker[1] == fingerprint:
                     self.supervisor.adopt(
-                        name, self.workers.spec(name, pidfile.stem), run_dir, worker[0]
+                        name,
+                        self.workers.spec(name, pidfile.stem, running=True),
+                        run_dir,
+                        worker[0],
                     )
                 elif worker is not None:
                     terminate([worker[0]])

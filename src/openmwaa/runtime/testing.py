@@ -18,7 +18,14 @@ from pathlib import Path
 
 import psutil
 
-from openmwaa.runtime.base import EnvironmentSpec, Health, Progress, RuntimeFailure, WorkerLoad
+from openmwaa.runtime.base import (
+    EnvironmentSpec,
+    Health,
+    Progress,
+    RuntimeFailure,
+    WorkerBundle,
+    WorkerLoad,
+)
 from openmwaa.runtime.installs import SUPPORTED_VERSIONS
 
 _MARKER = "openmwaa-test-environment"
@@ -78,6 +85,9 @@ class ProcessBackend:
 
     def set_workers(self, spec: EnvironmentSpec, count: int) -> None:
         raise RuntimeFailure("NO_WORKERS", "the test backend runs no workers")
+
+    def worker_bundle(self, spec: EnvironmentSpec) -> WorkerBundle | None:
+        return None
 
     def health(self, spec: EnvironmentSpec) -> Health:
         if self._process(spec) is None:

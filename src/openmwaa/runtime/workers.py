@@ -39,8 +39,9 @@ class WorkerTemplate:
     hostname: str
     """Celery hostname stem: worker N is ``<stem>-wN@%h``."""
     fingerprint: str
-    log_port: Callable[[str], int]
-    """A log-server port for the named worker, kept across restarts."""
+    log_port: Callable[[str, bool], int]
+    """A log-server port for the named worker, kept across restarts; replaced when busy
+    if the second argument is true (a worker about to start, not one being adopted)."""
 
 
 class WorkerPool:
@@ -57,13 +58,14 @@ class WorkerPool:
             else:
                 self._templates[group] = template
 
-    def spec(self, group: str, name: str) -> ComponentSpec:
+    def spec(self, group: str, name: str, *, running: bool = False) -> ComponentSpec:
+        """The component of worker ``name``; ``running`` for one adopted as it runs."""
         template = self._templates[group]
         index = worker_index(name)
         hostname = f"{template.hostname}-w{index}@%h"
         env = {
             **template.env,
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(template.log_port(name)),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(template.log_port(name, not running)),
         }
         return ComponentSpec(
             name=name,

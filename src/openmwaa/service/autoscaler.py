@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from openmwaa.runtime.base import Backend, RuntimeFailure, WorkerLoad
 from openmwaa.service.environments import Environments
+from openmwaa.service.worker_hosts import WorkerHosts
 from openmwaa.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Decision:
     min_workers: int
     max_workers: int
     reason: str
+    remote_workers: int = 0
+    """Of ``workers``, those on other hosts (``openmwaa worker``)."""
 
 
 def decide(
@@ -85,11 +88,13 @@ class Autoscaler:
         store: Store,
         backend: Backend,
         environments: Environments,
+        hosts: WorkerHosts,
         *,
         interval: float = 1.0,
         cooldown: float,
     ) -> None:
         self._store = store
+        self._hosts = hosts
         self._backend = backend
         self._environments = environments
         self._interval = interval
@@ -127,22 +132,31 @@ class Autoscaler:
             names.add(row.name)
             spec = self._environments.spec_of(row.name, row.applied)
             try:
-                load = self._backend.worker_load(spec)
+                local = self._backend.worker_load(spec)
             except RuntimeFailure as exc:
                 log.warning("environment %s: cannot read the worker load: %s", row.name, exc)
                 continue
-            if load is None:
+            if local is None:
                 continue
+            remote = self._hosts.live(row.name)
+            load = replace(
+                local,
+                workers=local.workers + sum(h.workers for h in remote),
+                busy_workers=local.busy_workers + sum(h.busy for h in remote),
+            )
             now = time.monotonic()
             since = self._enough_since.setdefault(row.name, now)
-            decision = decide(
-                load,
-                tasks_per_worker=spec.tasks_per_worker,
-                min_workers=spec.min_workers,
-                max_workers=spec.max_workers,
-                enough_since=since,
-                now=now,
-                cooldown=self._cooldown,
+            decision = replace(
+                decide(
+                    load,
+                    tasks_per_worker=spec.tasks_per_worker,
+                    min_workers=spec.min_workers,
+                    max_workers=spec.max_workers,
+                    enough_since=since,
+                    now=now,
+                    cooldown=self._cooldown,
+                ),
+                remote_workers=load.workers - local.workers,
             )
             if decision.desired >= load.workers:
                 self._enough_since[row.name] = now  # the cool-down starts when load drops
@@ -151,12 +165,13 @@ class Autoscaler:
                 previous is not None and previous.workers != load.workers
             ):
                 log.info(
-                    "environment %s: %s: %d -> %d workers (queued %d, running %d, "
-                    "%d per worker, min %d, max %d)",
+                    "environment %s: %s: %d -> %d workers (%d on other hosts; queued %d, "
+                    "running %d, %d per worker, min %d, max %d)",
                     row.name,
                     decision.reason,
                     load.workers,
                     decision.target,
+                    decision.remote_workers,
                     load.queued,
                     load.running,
                     spec.tasks_per_worker,
@@ -164,8 +179,10 @@ class Autoscaler:
                     spec.max_workers,
                 )
             self._decisions[row.name] = decision
-            if decision.target != load.workers:
-                self._backend.set_workers(spec, decision.target)
+            here = self._hosts.assign(row.name, decision.target, local.workers)
+            if here != local.workers:
+                self._backend.set_workers(spec, here)
         for gone in set(self._decisions) - names:
             self._decisions.pop(gone, None)
             self._enough_since.pop(gone, None)
+            self._hosts.forget(gone)

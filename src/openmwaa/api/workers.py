@@ -1,0 +1,144 @@
+"""The routes ``openmwaa worker`` uses on the control plane's API port.
+
+``/openmwaa/workers/{name}/bundle`` (GET), ``/files`` (GET) and ``/report``
+(POST) are SigV4-signed like every MWAA call and allowed by
+``airflow:RunWorkers`` on the environment. ``/openmwaa/workers/{name}/execution/...``
+passes a task's calls on to the environment's Airflow execution API, whose own
+check (the task's JWT, issued by the scheduler for that one task) guards it:
+the environment's ports stay on loopback, workers on other hosts reach
+Airflow through here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+from anyio import to_thread
+
+from openmwaa.api import protocol
+from openmwaa.service.errors import ServiceError, ValidationException
+from openmwaa.service.identity import Caller
+from openmwaa.service.worker_hosts import WorkerHosts
+
+PREFIX = "/openmwaa/workers/"
+MAX_BODY = 16 * 1024 * 1024
+"""Task calls may carry XCom values: a larger limit than the MWAA API's."""
+EXECUTION_TIMEOUT = 60.0
+_HOP_BY_HOP = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "accept-encoding",
+        "proxy-authorization",
+    }
+)
+
+Authenticate = Callable[[], Awaitable[Caller]]
+
+
+def is_worker_path(path: str) -> bool:
+    return path.startswith(PREFIX)
+
+
+def is_execution_call(path: str) -> bool:
+    """Whether ``path`` is a task's call to the execution API (not SigV4-signed)."""
+    parts = path[len(PREFIX) :].split("/", 2)
+    return is_worker_path(path) and len(parts) >= 2 and parts[1] == "execution"
+
+
+class WorkerRoutes:
+    def __init__(self, hosts: WorkerHosts) -> None:
+        self._hosts = hosts
+        self._http = httpx.AsyncClient(
+            timeout=EXECUTION_TIMEOUT,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+
+    async def handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        authenticate: Authenticate,
+        request_id: str,
+    ) -> protocol.Response:
+        name, _, rest = path[len(PREFIX) :].partition("/")
+        if is_execution_call(path):
+            return await self._execution(method, name, rest.partition("/")[2], query, headers, body)
+        caller = await authenticate()
+        route = (method, rest)
+        if route == ("GET", "bundle"):
+            answer = await to_thread.run_sync(self._hosts.bundle, caller, name)
+            return _json(answer, request_id)
+        if route == ("GET", "files"):
+            data = await to_thread.run_sync(self._hosts.files, caller, name)
+            return 200, [("content-type", "application/gzip")], data
+        if route == ("POST", "report"):
+            report = _report(body)
+            answer = await to_thread.run_sync(lambda: self._hosts.report(caller, name, **report))
+            return _json(answer, request_id)
+        return protocol.error_response(
+            "UnknownOperationException", 404, f"No worker route {method} {path}.", request_id
+        )
+
+    async def _execution(
+        self,
+        method: str,
+        name: str,
+        rest: str,
+        query: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> protocol.Response:
+        segments = unquote(rest).split("/")
+        if rest.startswith("/") or any(s in (".", "..") for s in segments):
+            return 400, [("content-type", "application/json")], b'{"detail":"bad path"}'
+        try:
+            base = await to_thread.run_sync(self._hosts.execution_api_url, name)
+            response = await self._http.request(
+                method,
+                base + rest + (f"?{query}" if query else ""),
+                headers=[(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP],
+                content=body,
+            )
+        except (ServiceError, httpx.HTTPError):
+            # Unauthenticated callers learn nothing about which environments exist.
+            detail = b'{"detail":"the environment\'s execution API is not reachable"}'
+            return 503, [("content-type", "application/json")], detail
+        out = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP]
+        return response.status_code, out, response.content
+
+
+def _json(answer: dict[str, Any], request_id: str) -> protocol.Response:
+    headers = [("content-type", "application/json"), ("x-amzn-requestid", request_id)]
+    return 200, headers, json.dumps(answer).encode()
+
+
+def _report(body: bytes) -> dict[str, Any]:
+    """The report's fields, checked: Host (str), Limit, Workers, Busy (ints >= 0)."""
+    try:
+        raw = json.loads(body or b"{}")
+    except ValueError:
+        raise ValidationException("The report must be a JSON object.") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("Host"), str):
+        raise ValidationException("The report must be a JSON object with a Host string.")
+    counts = {}
+    for field in ("Limit", "Workers", "Busy"):
+        value = raw.get(field, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValidationException(f"{field} must be a whole number >= 0 (got {value!r}).")
+        counts[field.lower()] = value
+    return {"host": raw["Host"], **counts}
