@@ -60,7 +60,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
-from openmwaa.runtime.celery import check_broker, running_tasks
+from openmwaa.runtime.base import RuntimeFailure
+from openmwaa.runtime.celery import check_broker, purge_redis_keys, running_tasks
 from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
 from openmwaa.runtime.supervisor import read_pidfile, terminate
 
@@ -432,16 +433,14 @@ def create_env(mwaa: Any, name: str, min_workers: int, max_workers: int) -> None
         raise RuntimeError(f"{name} is {env['Status']}: {env.get('LastUpdate')}")
 
 
-def delete_env(mwaa: Any, name: str, timeout: float = 300) -> str:
-    """Delete and wait until it is gone; returns its broker queue (for the key cleanup)."""
-    queue = mwaa.get_environment(Name=name)["Environment"]["CeleryExecutorQueue"]
+def delete_env(mwaa: Any, name: str, timeout: float = 300) -> None:
+    """Delete and wait until it is gone (openmwaa removes its broker keys too)."""
     mwaa.delete_environment(Name=name)
     deadline = time.monotonic() + timeout
     while name in mwaa.list_environments()["Environments"]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} not deleted after {timeout:.0f} s")
         time.sleep(0.5)
-    return str(queue).rsplit(":", 1)[-1]
 
 
 def burst(
@@ -498,24 +497,6 @@ def burst(
 
 
 # -- section 2: the same Airflow started by hand ------------------------------------------
-
-
-def drop_broker_keys(install: Path, broker: str, prefix: str) -> None:
-    """Delete the Redis keys under ``prefix`` (Celery's queues and bindings of one queue)."""
-    if not broker.startswith("redis"):
-        return
-    code = (
-        "import sys, redis\n"
-        "r = redis.Redis.from_url(sys.argv[1])\n"
-        "keys = list(r.scan_iter(match=sys.argv[2] + '*'))\n"
-        "if keys:\n    r.delete(*keys)\n"
-    )
-    subprocess.run(
-        [str(install / "bin" / "python"), "-c", code, broker, prefix],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def raw_airflow(
@@ -616,7 +597,8 @@ def raw_airflow(
         terminate(procs, grace=20)
         with psycopg.connect(admin, autocommit=True) as db:
             db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        drop_broker_keys(install, broker, f"{queue}:")
+        with contextlib.suppress(RuntimeFailure):
+            purge_redis_keys(install / "bin" / "python", broker, f"{queue}:")
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -825,7 +807,6 @@ def main() -> int:
         ("fixed 1", f"bench-fixed1-{suffix}", 1, 1),
     ]
     created: list[str] = []
-    queues: list[str] = []
     bursts: list[Burst] = []
     ours: list[RunFigures] = []
     raw: list[RunFigures] = []
@@ -850,7 +831,7 @@ def main() -> int:
                 wait_dag(api, "noop")
                 ours = noop_runs(api, args.noop_runs, console)
             console.print(f"{label}: deleting {name}")
-            queues.append(delete_env(mwaa, name))
+            delete_env(mwaa, name)
             created.remove(name)
         server.stop()
         console.print("Airflow started by hand: the no-op DAG")
@@ -866,13 +847,11 @@ def main() -> int:
                 mwaa = server.client()
                 for name in created:
                     try:
-                        queues.append(delete_env(mwaa, name))
+                        delete_env(mwaa, name)
                     except Exception as exc:  # the cleanup goes on
                         console.print(f"[red]could not delete {name}: {exc}[/red]")
         finally:
             server.stop()
-            for queue in queues:  # openmwaa leaves an environment's broker keys behind
-                drop_broker_keys(install, args.broker, f"{queue}:")
             shutil.rmtree(data_dir, ignore_errors=True)
 
     console.print()

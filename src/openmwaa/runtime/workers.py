@@ -11,18 +11,26 @@ runs, and exits), so scale-in never kills a task.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from openmwaa.runtime.celery import WORKER_PREFIX, running_tasks, worker_argv, worker_index
-from openmwaa.runtime.supervisor import ComponentSpec, Supervisor
+from openmwaa.runtime.supervisor import Component, ComponentSpec, Supervisor, tail
 
 log = logging.getLogger(__name__)
 
 DRAIN_GRACE = 3600.0
 """How long a warm shutdown may take (the running tasks finish first)."""
+STARTING_AT_ONCE = max(1, (os.cpu_count() or 2) // 2)
+"""Workers starting together: each spends seconds of CPU importing Airflow, so on a
+small host starting them one after the other gets the first new one taking tasks
+sooner (and the rest no later)."""
+READY_AFTER = 60.0
+"""A worker running this long counts as ready even without its "ready." line."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class WorkerPool:
         self.supervisor = supervisor
         self._templates: dict[str, WorkerTemplate] = {}
         self._lock = threading.Lock()
+        self._ready: set[tuple[int | None, float]] = set()
 
     def configure(self, group: str, template: WorkerTemplate | None) -> None:
         """Set (or forget) the template new workers of ``group`` start from."""
@@ -98,8 +107,23 @@ class WorkerPool:
                 busy += 1
         return up, busy
 
+    def is_ready(self, comp: Component) -> bool:
+        """Whether a worker takes tasks yet: Celery logged "<hostname> ready." since start."""
+        key = (comp.pid, comp.started_at)
+        if key in self._ready:
+            return True
+        log = tail(comp.spec.log_path, 16_000).rsplit("--- openmwaa: starting", 1)[-1]
+        if " ready." in log or time.monotonic() - comp.started_at > READY_AFTER:
+            self._ready.add(key)
+            return True
+        return False
+
     def scale(self, group: str, count: int) -> None:
-        """Start workers, or warm-stop idle ones, towards ``count`` workers on this host."""
+        """Start workers, or warm-stop idle ones, towards ``count`` workers on this host.
+
+        At most ``STARTING_AT_ONCE`` workers start at a time; the caller asks again
+        (the autoscaler every second) until ``count`` run.
+        """
         if group not in self._templates:
             return
         comps = self.supervisor.components(group)
@@ -108,10 +132,14 @@ class WorkerPool:
             (n for n, c in workers.items() if not c.stopping), key=lambda n: worker_index(n) or 0
         )
         if count > len(active):
+            starting = sum(1 for n in active if not self.is_ready(workers[n]))
+            room = min(count - len(active), STARTING_AT_ONCE - starting)
+            if room <= 0:
+                return
             used = {worker_index(n) for n in workers}
             new: list[ComponentSpec] = []
             index = 1
-            while len(active) + len(new) < count:
+            while len(new) < room:
                 if index not in used:
                     new.append(self.spec(group, f"{WORKER_PREFIX}{index}"))
                 index += 1
