@@ -155,8 +155,10 @@ def _status(args: argparse.Namespace) -> int:
         if components and not text:
             text = ", ".join(f"{c} {state}" for c, state in components.items())
         scaling = detail.get("workers")
+        remote = scaling.get("remote_workers") if scaling else 0
         workers = (
-            f"{scaling['workers']} ({scaling['reason']}: queued {scaling['queued']}, "
+            f"{scaling['workers']}{f' ({remote} on other hosts)' if remote else ''} "
+            f"({scaling['reason']}: queued {scaling['queued']}, "
             f"running {scaling['running']}, min {scaling['min_workers']}, "
             f"max {scaling['max_workers']})"
             if scaling
