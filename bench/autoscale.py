@@ -381,7 +381,8 @@ class Sampler(threading.Thread):
         """The server's scale decisions for this environment: (time seen, summary)."""
         pattern = re.compile(
             rf"environment\s+{re.escape(self.env_name)}:\s+(scale\s+out|scale\s+in):\s+"
-            r"(\d+)\s+->\s+(\d+)\s+workers\s+\(queued\s+(\d+),\s+running\s+(\d+)"
+            r"(\d+)\s+->\s+(\d+)\s+workers\s+\(\d+\s+on\s+other\s+hosts;\s+queued\s+(\d+),"
+            r"\s+running\s+(\d+)"
         )
         offsets = [offset for offset, _ in self.chunks]
         found = []
