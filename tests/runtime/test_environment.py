@@ -38,6 +38,11 @@ def test_environment_is_healthy_and_secured(
         )
         assert resp.status_code == 200, (role, resp.text)
     assert backend.airflow_api(spec, "Admin") == backend.airflow_api(spec, "Admin")  # cached
+    cached = backend.airflow_api(spec, "Admin")[1]
+    time.sleep(1.1)  # a new token differs from the cached one at least in its issue time
+    renewed = backend.airflow_api(spec, "Admin", fresh=True)[1]
+    assert renewed != cached  # a token Airflow refused is not handed out again
+    assert backend.airflow_api(spec, "Admin")[1] == renewed
     env_dir = data_dir / "environments" / "main"
     for secret in (
         env_dir / "secrets.json",

@@ -137,9 +137,12 @@ class Backend(Protocol):
         """Base URL of the environment's Airflow API server, once started."""
         ...
 
-    def airflow_api(self, spec: EnvironmentSpec, role: str) -> tuple[str, str]:
+    def airflow_api(
+        self, spec: EnvironmentSpec, role: str, *, fresh: bool = False
+    ) -> tuple[str, str]:
         """(base URL, bearer token) for calling the environment's Airflow REST API as
-        a user with ``role`` (Admin, Op, User, Viewer or Public)."""
+        a user with ``role`` (Admin, Op, User, Viewer or Public); ``fresh``: a new token,
+        not a cached one (Airflow refused the last)."""
         ...
 
     def worker_load(self, spec: EnvironmentSpec) -> WorkerLoad | None:

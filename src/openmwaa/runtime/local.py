@@ -338,10 +338,13 @@ class LocalBackend:
 
     # -- for the gateway and the CLI ---------------------------------------------------------
 
-    def airflow_api(self, spec: EnvironmentSpec, role: str = "Admin") -> tuple[str, str]:
+    def airflow_api(
+        self, spec: EnvironmentSpec, role: str = "Admin", *, fresh: bool = False
+    ) -> tuple[str, str]:
         """(API server base URL, bearer token of the environment's user for MWAA ``role``).
 
-        Tokens come from ``POST /auth/token`` and are cached until 5 minutes before expiry.
+        Tokens come from ``POST /auth/token`` and are cached until 5 minutes before expiry
+        (``fresh``: not taken from the cache).
         """
         user = ROLES.get(role.capitalize())
         if user is None:
@@ -354,7 +357,7 @@ class LocalBackend:
             raise RuntimeFailure("NOT_RUNNING", f"environment {spec.name} is not started")
         with env.lock:
             cached = env.tokens.get(user)
-            if cached and cached[1] - time.time() > 300:
+            if cached and cached[1] - time.time() > 300 and not fresh:
                 return base, cached[0]
             try:
                 resp = self._http.post(

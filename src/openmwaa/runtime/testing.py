@@ -97,7 +97,9 @@ class ProcessBackend:
     def webserver_url(self, spec: EnvironmentSpec) -> str | None:
         return None
 
-    def airflow_api(self, spec: EnvironmentSpec, role: str) -> tuple[str, str]:
+    def airflow_api(
+        self, spec: EnvironmentSpec, role: str, *, fresh: bool = False
+    ) -> tuple[str, str]:
         raise RuntimeFailure("NO_AIRFLOW", "the test backend runs no Airflow")
 
     def stop(self, spec: EnvironmentSpec) -> None:

@@ -224,11 +224,13 @@ class Endpoint:
             hit = self._api_cache.get(key)
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
-    def _fetch_target(self, key: tuple[str, str, int], applied: dict[str, Any]) -> _Target:
+    def _fetch_target(
+        self, key: tuple[str, str, int], applied: dict[str, Any], fresh: bool
+    ) -> _Target:
         """Ask the backend for the role's (base URL, JWT) and cache it; may block on Airflow."""
         now = time.monotonic()
         spec = self._envs.spec_of(key[0], applied)
-        base, token = self._backend.airflow_api(spec, key[1])
+        base, token = self._backend.airflow_api(spec, key[1], fresh=fresh)
         target = _Target.of(base + dialect_for(spec.airflow_version).rest_api_prefix, token)
         with self._api_lock:
             if len(self._api_cache) > 1000:
@@ -249,7 +251,7 @@ class Endpoint:
             hit = self._cached_target(key)
             if hit is not None:
                 return hit
-        return await to_thread.run_sync(self._fetch_target, key, applied)
+        return await to_thread.run_sync(self._fetch_target, key, applied, fresh)
 
     async def invoke_rest_api(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         """Call the environment's Airflow REST API as the caller's role, on the event loop.
