@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,14 +34,19 @@ from openmwaa.runtime.celery import WORKER_PREFIX
 from openmwaa.runtime.installs import ensure_install
 from openmwaa.runtime.ports import PortRegistry
 from openmwaa.runtime.startup import run_startup_script
-from openmwaa.runtime.supervisor import MARKER, Supervisor, marked_processes, terminate
+from openmwaa.runtime.supervisor import (
+    MARKER,
+    Supervisor,
+    inherited_env,
+    marked_processes,
+    terminate,
+)
 from openmwaa.runtime.workers import DRAIN_GRACE, WorkerPool, WorkerTemplate
 
 log = logging.getLogger(__name__)
 
 SIGNING_NAME = "airflow"
 RETRY_INTERVAL = 5.0
-_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 
 
 class ControlPlaneError(Exception):
@@ -153,7 +157,7 @@ class WorkerAgent:
         bundles.unpack(self.cp.call("GET", f"{self.environment}/files").content, self.home)
 
     def _env(self, install: Path, bundle: dict[str, Any]) -> dict[str, str]:
-        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        env = inherited_env()
         env.update(bundle["Environment"])
         for sub in ("dags", "plugins", "logs"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)

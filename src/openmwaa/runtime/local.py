@@ -56,6 +56,7 @@ from openmwaa.runtime.supervisor import (
     MARKER,
     ComponentSpec,
     Supervisor,
+    inherited_env,
     marked_processes,
     read_pidfile,
     recorded_sessions,
@@ -88,7 +89,6 @@ START_TIMEOUT = 240.0
 """start() waits this long for all-healthy; later the reconciler's health polls take over."""
 ABORT_GRACE = 5.0
 """A start that failed has nothing worth a graceful stop."""
-_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 
 
 def _digest(data: bytes | str | None) -> str | None:
@@ -606,7 +606,7 @@ class LocalBackend:
 
     def _component_env(self, prepared: _Prepared) -> dict[str, str]:
         spec = prepared.spec
-        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        env = inherited_env()
         env["PATH"] = f"{prepared.install / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
         env["PYTHONUNBUFFERED"] = "1"
         env.update(

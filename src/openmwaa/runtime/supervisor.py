@@ -36,6 +36,13 @@ LOG_ROTATE_BYTES = 64 * 1024 * 1024
 BACKOFF_MAX = 60.0
 STABLE_AFTER = 120.0
 """A component that ran this long before exiting restarts without backoff history."""
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+
+
+def inherited_env() -> dict[str, str]:
+    """The few variables of this process every component starts with; the rest of its
+    environment (credentials, proxies) stays out of Airflow's."""
+    return {k: os.environ[k] for k in _INHERITED if k in os.environ}
 
 
 @dataclass
