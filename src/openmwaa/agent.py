@@ -218,20 +218,22 @@ class WorkerAgent:
             terminate(leftovers)
         for stale in (self.dir / "run").glob("*.json"):
             stale.unlink(missing_ok=True)
+        desired = -1
         try:
-            while self.current is None and not stop.is_set():
-                try:
-                    self.prepare()
-                except (ControlPlaneError, httpx.HTTPError, RuntimeFailure) as exc:
-                    log.warning("cannot prepare the workers yet: %s", exc)
-                    stop.wait(RETRY_INTERVAL)
-            desired = -1
             while not stop.is_set():
                 try:
+                    if self.current is None:
+                        self.prepare()
                     wanted = self.report()
                 except (ControlPlaneError, httpx.HTTPError, RuntimeFailure) as exc:
-                    # Workers keep running their tasks while the control plane is away.
-                    log.warning("reporting to %s failed: %s", self.cp.base, exc)
+                    if _gone(exc) and self.current is not None:
+                        log.warning("%s was deleted: stopping its workers", self.environment)
+                        self.drain_all()
+                        self.pool.configure(self.environment, None)
+                        self.current, desired = None, -1
+                    else:
+                        # Workers keep running their tasks while the control plane is away.
+                        log.warning("%s: %s", self.cp.base, exc)
                     stop.wait(RETRY_INTERVAL)
                     continue
                 if wanted != desired:
@@ -256,3 +258,7 @@ class WorkerAgent:
         while self.supervisor.components(self.environment) and time.monotonic() < deadline:
             if self.hurry.wait(0.5):
                 return
+
+
+def _gone(exc: Exception) -> bool:
+    return isinstance(exc, ControlPlaneError) and exc.code == "ResourceNotFoundException"

@@ -201,10 +201,20 @@ def broker_keys(queue: str) -> list[str]:
     return out.stdout.split()
 
 
-def test_deleting_the_environment_removes_its_broker_keys(s: Setup) -> None:
+def remote_workers(s: Setup) -> list[Path]:
+    return list((s.agent_dir / "workers" / NAME / "run").glob("worker-*.json"))
+
+
+def test_deleting_the_environment_stops_remote_workers_and_removes_broker_keys(
+    s: Setup,
+) -> None:
+    agent = start_agent(s)  # the host comes back
+    wait_for(lambda: remote_workers(s), 120, "the host's worker again")
     arn = s.mwaa.get_environment(Name=NAME)["Environment"]["CeleryExecutorQueue"]
     queue = arn.rsplit(":", 1)[-1]
     assert broker_keys(queue), "a running environment has its queue's keys"
     s.mwaa.delete_environment(Name=NAME)
     wait_for(lambda: NAME not in s.mwaa.list_environments()["Environments"], 120, "deleted")
+    wait_for(lambda: not remote_workers(s), 60, "the host stopping the deleted one's workers")
+    assert agent.poll() is None  # it waits for the environment to come back
     assert broker_keys(queue) == []
