@@ -250,6 +250,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args, port=args.port), console)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="openmwaa", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -319,12 +326,15 @@ def parser() -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "worker", help="run Celery workers of an environment on this host (another machine)"
     )
-    _common(worker)
+    worker.add_argument(
+        "--data-dir", type=Path, default=None, help="where installs and DAG copies live"
+    )
+    worker.set_defaults(database_url=None)
     worker.add_argument("--server", required=True, help="the control plane, e.g. http://h:8787")
     worker.add_argument("--environment", required=True, help="the environment's name")
     worker.add_argument(
         "--max-workers",
-        type=int,
+        type=_positive,
         default=os.cpu_count() or 1,
         help="most workers this host runs (default: its CPUs, %(default)s)",
     )
