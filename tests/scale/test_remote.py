@@ -49,6 +49,10 @@ def check(**context):
     wanted, got = context["dag_run"].conf["network"], os.readlink("/proc/self/ns/net")
     if got != wanted:
         raise RuntimeError(f"ran in {got}, not in {wanted}")
+    # A variable stored encrypted comes through the execution API (no Fernet key here).
+    from airflow.sdk import Variable
+
+    assert Variable.get("greeting") == "hello from the control plane"
 
 
 with DAG("where", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False):
@@ -151,7 +155,8 @@ def test_workers_need_a_key_allowed_to_run_them(s: Setup) -> None:
     assert forged.value.code == "AccessDeniedException"
     bundle = ControlPlane(s.server.endpoint, **_admin(s)).call("GET", f"{NAME}/bundle").json()
     # What only the API server needs never leaves the control plane.
-    assert "AIRFLOW__API_AUTH__JWT_SECRET" not in bundle["Environment"]
+    for secret in ("JWT_SECRET", "SECRET_KEY", "FERNET_KEY"):
+        assert not [k for k in bundle["Environment"] if k.endswith(secret)], secret
     assert bundle["Environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
 
 
@@ -167,6 +172,8 @@ def test_a_worker_on_another_host_runs_the_tasks(s: Setup) -> None:
     wait_for(lambda: workers_of(s.server, NAME).get("remote_workers") == 1, 180, "a remote worker")
     wait_for(lambda: not local_workers(s), 60, "the local worker handing over")
     wait_dag_visible(s.mwaa, NAME, "where")
+    variable = {"key": "greeting", "value": "hello from the control plane"}
+    s.mwaa.invoke_rest_api(Name=NAME, Method="POST", Path="/variables", Body=variable)
     run = trigger(s.mwaa, NAME, "where", {"network": s.link.network_id()})
     assert wait_run(s.mwaa, NAME, "where", run) == "success"
     tis = task_instances(s.mwaa, NAME, "where", run)

@@ -42,9 +42,13 @@ HOST_KEYS = frozenset(
     }
 )
 """Settings that name this host's paths and ports: a worker host sets its own."""
-SERVER_SECRETS = frozenset({"AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"})
-"""Keys that sign tokens: only the API server and schedulers use them, so they never
-leave the control plane (tasks get their own short-lived token from the scheduler)."""
+SERVER_SECRETS = frozenset(
+    {"AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"}
+)
+"""Keys only the control plane's components use: the ones that sign tokens (tasks get
+their own short-lived token from the scheduler) and the one that encrypts connections and
+variables in the database (tasks read them, decrypted, through the execution API). A
+worker host never gets them."""
 _SKIPPED_DIRS = frozenset({"__pycache__"})
 
 
