@@ -27,7 +27,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_support import bench_data_dir  # noqa: E402
 from live_server import REQUIRED, Server, installs_root, wait_status  # noqa: E402
 
 ENV = "bench"
@@ -64,12 +64,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
     console = Console()
-    data_dir = Path(tempfile.mkdtemp(prefix="openmwaa-bench-endpoint-"))
-    shared = installs_root() / "runtimes"
-    if shared.is_dir():
-        (data_dir / "runtimes").symlink_to(shared)
-    dags = data_dir / "buckets" / "bench" / "dags"
-    dags.mkdir(parents=True)
+    data_dir, dags = bench_data_dir(
+        "openmwaa-bench-endpoint-", installs_root() / "runtimes", "bench"
+    )
     (dags / "bench.py").write_text(DAG)
     server = Server(data_dir, ["--backend", "local"])
     server.start()

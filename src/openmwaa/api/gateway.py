@@ -38,7 +38,7 @@ import uvicorn
 from anyio import to_thread
 
 from openmwaa.api import console_sso
-from openmwaa.api.asgi import BodyTooLarge, Receive, Scope, Send, read_body
+from openmwaa.api.asgi import HOP_BY_HOP, BodyTooLarge, Receive, Scope, Send, read_body
 from openmwaa.runtime.base import RuntimeFailure
 from openmwaa.service.airflow3 import AirflowDialect
 from openmwaa.service.cli_commands import CommandRefused, parse_command
@@ -57,19 +57,6 @@ MAX_PROXY_BODY = 32 * 1024 * 1024
 CLI_TIMEOUT = 120.0
 MAX_CLI_OUTPUT = 8 * 1024 * 1024
 UPSTREAM_CACHE_SECONDS = 2.0
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-    }
-)
 _SET_BY_PROXY = frozenset(
     {b"content-length", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded"}
 )

@@ -20,6 +20,7 @@ import httpx
 from anyio import to_thread
 
 from openmwaa.api import protocol
+from openmwaa.api.asgi import HOP_BY_HOP
 from openmwaa.service.errors import ServiceError, ValidationException
 from openmwaa.service.identity import Caller
 from openmwaa.service.worker_hosts import WorkerHosts
@@ -28,20 +29,10 @@ PREFIX = "/openmwaa/workers/"
 MAX_BODY = 16 * 1024 * 1024
 """Task calls may carry XCom values: a larger limit than the MWAA API's."""
 EXECUTION_TIMEOUT = 60.0
-_HOP_BY_HOP = frozenset(
-    {
-        "host",
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "accept-encoding",
-        "proxy-authorization",
-    }
-)
+_NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"content-encoding", b"accept-encoding"}
+"""Connection headers, and what the relay sets itself: the length of what it sends, and
+no compression (httpx decodes what it receives)."""
+
 
 Authenticate = Callable[[], Awaitable[Caller]]
 
@@ -111,14 +102,16 @@ class WorkerRoutes:
             response = await self._http.request(
                 method,
                 base + rest + (f"?{query}" if query else ""),
-                headers=[(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP],
+                headers=[(k, v) for k, v in headers if k.lower().encode() not in _NOT_RELAYED],
                 content=body,
             )
         except (ServiceError, httpx.HTTPError):
             # Unauthenticated callers learn nothing about which environments exist.
             detail = b'{"detail":"the environment\'s execution API is not reachable"}'
             return 503, [("content-type", "application/json")], detail
-        out = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP]
+        out = [
+            (k, v) for k, v in response.headers.items() if k.lower().encode() not in _NOT_RELAYED
+        ]
         return response.status_code, out, response.content
 
 

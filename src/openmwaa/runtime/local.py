@@ -687,10 +687,11 @@ class LocalBackend:
             return
         spec = prepared.spec
         home = self._home(spec.name)
+        base_env = self._component_env(prepared)
         self._env(spec.name).bundle = WorkerBundle(
             airflow_version=spec.airflow_version,
             requirements=prepared.requirements,
-            env=portable_env(self._component_env(prepared)),
+            env=portable_env(base_env),
             queue=_queue(spec),
             concurrency=spec.tasks_per_worker,
             startup_script=prepared.startup,
@@ -701,7 +702,7 @@ class LocalBackend:
             spec.name,
             WorkerTemplate(
                 airflow=str(prepared.install / "bin" / "airflow"),
-                env={**self._component_env(prepared), **exports.get("worker", {})},
+                env={**base_env, **exports.get("worker", {})},
                 cwd=self._home(spec.name),
                 log_dir=self._dir(spec.name) / "logs",
                 run_dir=self._dir(spec.name) / "run",
