@@ -16,21 +16,11 @@ import threading
 from pathlib import Path
 
 from openmwaa.buckets.base import BucketError, BucketStore, ObjectNotFound
+from openmwaa.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
 _IGNORED_DIRS = {"__pycache__"}
-
-
-def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "wb") as fh:
-        if mode is not None:
-            os.fchmod(fh.fileno(), mode)
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 class DagMirror:
@@ -92,7 +82,7 @@ class DagMirror:
                     continue  # deleted between list and get: next pass sees it
                 if dest.is_dir():
                     _remove_tree(dest)
-                write_atomic(dest, data)
+                write_atomic(dest, data, durable=False)
                 self._manifest[rel] = etag
                 changed = True
             changed |= self._delete_extra(set(wanted))

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 Progress = Callable[[str], None]
 """Receives one human line per step of long work ("installing Airflow 3.3.2")."""
@@ -98,6 +98,20 @@ class WorkerBundle:
     """``dags`` and ``plugins``: the folders a worker host keeps a copy of."""
 
 
+@dataclass(frozen=True)
+class AirflowCli:
+    """How to run the Airflow CLI of an environment (``POST /aws_mwaa/cli``)."""
+
+    argv: tuple[str, ...]
+    """The command before Airflow's arguments (the install's ``airflow``; later, as the
+    environment's OS user)."""
+    env: Mapping[str, str]
+    cwd: Path | None
+    definition: Mapping[str, Any]
+    """Airflow's own CLI definition of that install (runtime/airflow_cli.py): which
+    commands and options exist, so the allow-list is exact for the version."""
+
+
 class RuntimeFailure(Exception):
     """A step failed for a reason the user can fix; becomes LastUpdate.Error.
 
@@ -143,6 +157,10 @@ class Backend(Protocol):
         """(base URL, bearer token) for calling the environment's Airflow REST API as
         a user with ``role`` (Admin, Op, User, Viewer or Public); ``fresh``: a new token,
         not a cached one (Airflow refused the last)."""
+        ...
+
+    def airflow_cli(self, spec: EnvironmentSpec) -> AirflowCli:
+        """How to run the Airflow CLI of a started environment; RuntimeFailure if it cannot."""
         ...
 
     def worker_load(self, spec: EnvironmentSpec) -> WorkerLoad | None:

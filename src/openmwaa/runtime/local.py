@@ -37,7 +37,8 @@ from pathlib import Path
 import httpx
 
 from openmwaa.buckets import BucketError, BucketStore, ObjectNotFound, open_store
-from openmwaa.buckets.sync import DagMirror, write_atomic
+from openmwaa.buckets.sync import DagMirror
+from openmwaa.core.files import write_atomic
 from openmwaa.runtime import celery, database
 from openmwaa.runtime.base import (
     EnvironmentSpec,
