@@ -124,6 +124,14 @@ class RuntimeFailure(Exception):
         self.code = code
 
 
+class Interrupted(Exception):
+    """The control plane is stopping: the step was abandoned, not failed.
+
+    The reconciler leaves the environment's status as it was (CREATING, UPDATING, ...)
+    so that the next start resumes the step; it never becomes CREATE_FAILED for this.
+    """
+
+
 class Backend(Protocol):
     """Where environments run. The local backend is the embedded default."""
 
