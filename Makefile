@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-fast lint bench
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,13 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -p no:cacheprovider
 
+# Minutes, not the whole suite: no real Airflow, no PostgreSQL/Redis/RabbitMQ (markers set
+# by tests/conftest.py).
+test-fast: install
+	$(BIN)/python -m pytest -p no:cacheprovider -m "not airflow and not services"
+
 bench: install
+	$(BIN)/uv pip install -p $(BIN)/python -q -e '.[test,bench]'
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/endpoint.py

@@ -1,4 +1,5 @@
-"""Shared fixtures: one control plane for the API tests, one Airflow install per run."""
+"""Shared fixtures: one control plane for the API tests, one Airflow install per run; and
+the markers that let a developer run the fast part (``make test-fast``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,21 @@ from typing import Any
 
 import pytest
 from live_server import Server, installs_root
+
+AIRFLOW_FOLDERS = {"e2e", "endpoint", "runtime", "scale"}
+"""Test folders whose tests start real Airflow processes."""
+SERVICES_FOLDERS = {"scale"}
+"""Test folders whose tests need PostgreSQL, Redis or RabbitMQ (elsewhere: by test name)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by folder or fixture (``airflow``, ``services``), PostgreSQL ones by name."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder in AIRFLOW_FOLDERS or "airflow_runtimes" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.airflow)
+        if folder in SERVICES_FOLDERS or "postgres" in item.nodeid.lower():
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session")

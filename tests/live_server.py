@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -53,6 +54,8 @@ class Server:
     args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    soft_open_files: int | None = None
+    """Start with this soft RLIMIT_NOFILE (as a shell's ``ulimit -Sn``)."""
 
     @property
     def endpoint(self) -> str:
@@ -62,14 +65,23 @@ class Server:
     def log(self) -> Path:
         return self.data_dir / "serve.log"
 
-    def start(self, timeout: float = 60) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "openmwaa", "serve",
             "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args,
         ]  # fmt: skip
+
+    def _limits(self) -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.soft_open_files or hard, hard))
+
+    def start(self, timeout: float = 60) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        limits = self._limits if self.soft_open_files is not None else None
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=limits
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -90,6 +102,10 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def run_once(self, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``openmwaa serve`` in the foreground (one that is expected to exit)."""
+        return subprocess.run(self.command(), capture_output=True, text=True, timeout=timeout)
 
     def credentials(self) -> dict[str, str]:
         key = json.loads((self.data_dir / "admin-key.json").read_text())

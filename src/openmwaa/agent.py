@@ -28,8 +28,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from openmwaa.api.workers import PREFIX
-from openmwaa.runtime import bundles
-from openmwaa.runtime.base import RuntimeFailure
+from openmwaa.core.loops import PeriodicLoop
+from openmwaa.runtime import bundles, installs
+from openmwaa.runtime.base import Interrupted
 from openmwaa.runtime.celery import WORKER_PREFIX
 from openmwaa.runtime.installs import ensure_install
 from openmwaa.runtime.ports import PortRegistry
@@ -46,7 +47,10 @@ from openmwaa.runtime.workers import DRAIN_GRACE, WorkerPool, WorkerTemplate
 log = logging.getLogger(__name__)
 
 SIGNING_NAME = "airflow"
-RETRY_INTERVAL = 5.0
+REPORT_INTERVAL = 2.0
+RETRY_MAX = 30.0
+"""While the control plane cannot be reached, reports back off up to this many seconds
+(workers keep running their tasks meanwhile)."""
 
 
 class ControlPlaneError(Exception):
@@ -115,6 +119,10 @@ class WorkerAgent:
         self.current: _Running | None = None
         self.hurry = threading.Event()
         """Set to stop at once: workers get SIGTERM and their tasks end (Airflow retries them)."""
+        self._desired = -1
+        self.loop = PeriodicLoop(
+            f"worker-agent:{environment}", self.tick, REPORT_INTERVAL, max_backoff=RETRY_MAX
+        )
 
     # -- preparing ---------------------------------------------------------------------------
 
@@ -210,6 +218,30 @@ class WorkerAgent:
             self.current.files_digest = answer["FilesDigest"]
         return min(int(answer["DesiredWorkers"]), self.limit)
 
+    def tick(self) -> None:
+        """One report: prepare if needed, tell what runs here, scale to the answer.
+
+        Raises when the control plane cannot be reached (the loop retries with backoff).
+        """
+        try:
+            if self.current is None:
+                self.prepare()
+            wanted = self.report()
+        except ControlPlaneError as exc:
+            if not _gone(exc) or self.current is None:
+                raise
+            log.warning("%s was deleted: stopping its workers", self.environment)
+            self.drain_all()
+            self.pool.configure(self.environment, None)
+            self.current, self._desired = None, -1
+            return
+        except Interrupted:
+            return  # the agent is stopping
+        if wanted != self._desired:
+            log.info("%s: %d workers wanted on this host", self.environment, wanted)
+            self._desired = wanted
+        self.pool.scale(self.environment, wanted)
+
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then stop the workers by warm shutdown."""
         leftovers = marked_processes(self.dir)
@@ -218,30 +250,13 @@ class WorkerAgent:
             terminate(leftovers)
         for stale in (self.dir / "run").glob("*.json"):
             stale.unlink(missing_ok=True)
-        desired = -1
+        self._desired = -1
+        self.loop.start()
         try:
-            while not stop.is_set():
-                try:
-                    if self.current is None:
-                        self.prepare()
-                    wanted = self.report()
-                except (ControlPlaneError, httpx.HTTPError, RuntimeFailure) as exc:
-                    if _gone(exc) and self.current is not None:
-                        log.warning("%s was deleted: stopping its workers", self.environment)
-                        self.drain_all()
-                        self.pool.configure(self.environment, None)
-                        self.current, desired = None, -1
-                    else:
-                        # Workers keep running their tasks while the control plane is away.
-                        log.warning("%s: %s", self.cp.base, exc)
-                    stop.wait(RETRY_INTERVAL)
-                    continue
-                if wanted != desired:
-                    log.info("%s: %d workers wanted on this host", self.environment, wanted)
-                    desired = wanted
-                self.pool.scale(self.environment, wanted)
-                stop.wait(2.0)
+            stop.wait()
         finally:
+            installs.cancel_all()  # an install or startup script in progress ends now
+            self.loop.stop(timeout=30.0)
             self.drain_all()
             if self.supervisor.components(self.environment):
                 self.progress("waiting for running tasks to finish (interrupt again to stop now)")

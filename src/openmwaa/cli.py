@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from openmwaa import settings as defaults
@@ -37,11 +38,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The command's settings; its data dir made (again) the owner's only."""
     data_dir = (args.data_dir or defaults.default_data_dir()).expanduser().resolve()
+    defaults.secure_data_dir(data_dir)
     return Settings(data_dir=data_dir, database_url=args.database_url, **extra)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from openmwaa.core.files import StateFileError
+    from openmwaa.instance import AlreadyRunning
     from openmwaa.runtime.base import RuntimeFailure
     from openmwaa.server import serve
 
@@ -68,6 +73,12 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except RuntimeFailure as e:
         console.print(f"[red]Cannot start[/] ({e.code}): {e}")
+        return 2
+    except AlreadyRunning as e:
+        console.print(f"[red]Cannot start[/]: {escape(str(e))}", soft_wrap=True)
+        return 3
+    except StateFileError as e:
+        console.print(f"[red]Cannot start[/]: {escape(str(e))}", soft_wrap=True)
         return 2
     return 0
 
@@ -350,5 +361,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # First of all: nothing this process or its children create is readable by others.
+    os.umask(defaults.PRIVATE_UMASK)
     args = parser().parse_args(argv)
     sys.exit(args.func(args))

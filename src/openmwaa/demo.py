@@ -35,8 +35,7 @@ def ensure_server(settings: Settings, console: Console) -> None:
     if _listening("127.0.0.1", settings.port):
         console.print(f"openmwaa is already serving on {settings.endpoint_url}")
         return
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    log = settings.data_dir / "serve.log"
+    log = settings.data_dir / "serve.log"  # the data dir exists already, owner-only
     command = [
         sys.executable, "-m", "openmwaa", "serve",
         "--data-dir", str(settings.data_dir), "--port", str(settings.port),
@@ -55,7 +54,9 @@ def ensure_server(settings: Settings, console: Console) -> None:
             ):
                 break
             if process.poll() is not None:
-                raise SystemExit(f"openmwaa serve exited; see {log}")
+                # e.g. another server holds the data dir: its last line says which
+                last = log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise SystemExit(f"openmwaa serve exited: {' '.join(last)} (see {log})")
             time.sleep(0.2)
     console.print(f"openmwaa serving on {settings.endpoint_url} (pid {process.pid}, log {log})")
 

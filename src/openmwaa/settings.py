@@ -12,10 +12,21 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT_ID = "123456789012"
 SCALE_IN_COOLDOWN = 120.0
 """MWAA removes extra workers after about two minutes without work for them."""
+PRIVATE_UMASK = 0o077
+"""Set first by every command: what the server and its children create is the owner's only
+(secrets, databases, logs, installs), whatever the calling shell's umask."""
 
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("OPENMWAA_DATA_DIR") or Path.home() / ".openmwaa")
+
+
+def secure_data_dir(data_dir: Path) -> Path:
+    """Create the data dir, and make it the owner's only at every start, whoever created it
+    (``mkdir``'s mode is filtered by the umask and leaves an existing folder as it was)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    return data_dir
 
 
 @dataclass(frozen=True)

@@ -133,13 +133,8 @@ def test_defaults_are_mwaas(server: Server, mwaa: Any, env_name: str) -> None:
     assert env["Tags"] == {}
     assert "LastUpdate" not in env
     logging = env["LoggingConfiguration"]
-    assert logging["TaskLogs"] == {
-        "Enabled": True,
-        "LogLevel": "INFO",
-        "CloudWatchLogGroupArn": (
-            f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:airflow-{env_name}-Task"
-        ),
-    }
+    # no CloudWatchLogGroupArn until logs are collected into one
+    assert logging["TaskLogs"] == {"Enabled": True, "LogLevel": "INFO"}
     for module in ("DagProcessingLogs", "SchedulerLogs", "WebserverLogs", "WorkerLogs"):
         assert logging[module] == {"Enabled": False, "LogLevel": "INFO"}, module
 
@@ -174,7 +169,7 @@ def test_given_values_are_kept(server: Server, mwaa: Any, env_name: str) -> None
     assert env["PluginsS3Path"] == "plugins.zip"
     assert env["AirflowConfigurationOptions"] == {"core.dag_concurrency": "16"}
     logging = env["LoggingConfiguration"]
-    assert logging["WorkerLogs"]["CloudWatchLogGroupArn"].endswith(f":airflow-{env_name}-Worker")
+    assert "CloudWatchLogGroupArn" not in logging["WorkerLogs"]
     assert logging["WorkerLogs"]["LogLevel"] == "WARNING"
     assert logging["TaskLogs"] == {"Enabled": False, "LogLevel": "DEBUG"}
 

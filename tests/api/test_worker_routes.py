@@ -23,7 +23,7 @@ def admin(server: Server) -> ControlPlane:
 def test_unsigned_calls_are_refused(server: Server) -> None:
     resp = httpx.get(f"{server.endpoint}/openmwaa/workers/anything/bundle")
     assert resp.status_code == 403
-    assert resp.headers["x-amzn-errortype"] == "AccessDeniedException"
+    assert resp.headers["x-amzn-errortype"] == "MissingAuthenticationTokenException"
 
 
 def test_unknown_environment(server: Server) -> None:
@@ -45,7 +45,13 @@ def test_an_environment_without_celery_workers_says_how_to_get_them(
 
 
 @pytest.mark.parametrize(
-    "report", [{"Limit": 1}, {"Host": "h", "Workers": -1}, {"Host": "h", "Limit": "many"}]
+    "report",
+    [
+        {"Limit": 1},
+        {"Host": "h", "Limit": 1, "Workers": -1},
+        {"Host": "h", "Limit": "many"},
+        {"Host": "h", "Workers": 3},  # no Limit (the host's --max-workers): nothing to cap by
+    ],
 )
 def test_malformed_reports_are_refused(server: Server, report: dict[str, Any]) -> None:
     with pytest.raises(ControlPlaneError) as bad:

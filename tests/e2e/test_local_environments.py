@@ -9,7 +9,6 @@ plane, kill a component, delete.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,9 @@ from typing import Any
 import psutil
 import pytest
 from live_server import NETWORK, Server, wait_status
+from runtime_support import PIPELINE_DAG, simple_dag, slow_dag
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
-from runtime_support import PIPELINE_DAG, simple_dag, slow_dag  # noqa: E402
-
-from openmwaa.runtime.supervisor import marked_processes  # noqa: E402
+from openmwaa.runtime.supervisor import marked_processes
 
 NAME = "etl"
 BUCKET = "e2e-dags"

@@ -1,10 +1,22 @@
-"""The CLI allow-list and argument parsing, without a server."""
+"""The CLI allow-list and argument parsing, without a server, against the real install's
+CLI definition (more forms: tests/unit/test_cli_allowlist.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from openmwaa.runtime.airflow_cli import cli_definition
+from openmwaa.runtime.installs import DEFAULT_VERSION, install_key
 from openmwaa.service.cli_commands import CommandRefused, parse_command
+
+
+@pytest.fixture(scope="module")
+def definition(airflow_runtimes: Path) -> dict[str, Any]:
+    """Airflow's own CLI definition of the tests' install."""
+    return cli_definition(airflow_runtimes / install_key(DEFAULT_VERSION, None))
 
 
 @pytest.mark.parametrize(
@@ -22,8 +34,8 @@ from openmwaa.service.cli_commands import CommandRefused, parse_command
         ("dags test etl -- --subdir", ["dags", "test", "etl", "--", "--subdir"]),
     ],
 )
-def test_allowed(text: str, args: list[str]) -> None:
-    assert parse_command(text) == args
+def test_allowed(definition: dict[str, Any], text: str, args: list[str]) -> None:
+    assert parse_command(text, definition) == args
 
 
 @pytest.mark.parametrize(
@@ -50,10 +62,13 @@ def test_allowed(text: str, args: list[str]) -> None:
         "dags show etl --save /tmp/x",
         "dags show etl -s /tmp/x",
         "dags test etl --save-dagrun x.png",
+        "dags test etl -f /tmp/any.py",
+        "dags test etl --dagfile-path=/tmp/any.py",
+        "dags list --sub /etc",
         "dags 'unclosed",
         "rm -rf /",
     ],
 )
-def test_refused(text: str) -> None:
+def test_refused(definition: dict[str, Any], text: str) -> None:
     with pytest.raises(CommandRefused):
-        parse_command(text)
+        parse_command(text, definition)

@@ -100,3 +100,38 @@ def test_concurrent_calls_share_the_event_loop(admin: Any, environment: dict[str
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(call, paths))
     assert answers == [(200, "hello"), (404, ""), (200, "git_version"), (200, "dags")] * 6
+
+
+def test_the_public_role_is_access_denied(plane: Any, environment: Any) -> None:
+    import json
+
+    from endpoint_support import client_for
+
+    role = f"arn:aws:airflow:us-east-1:123456789012:role/{ENV}/Public"
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "airflow:InvokeRestApi", "Resource": role}],
+    }
+    done = plane.cli("keys", "create", "public-only", "--policy", json.dumps(policy))
+    client = client_for(plane, json.loads(done.stdout))
+    with pytest.raises(client.exceptions.AccessDeniedException) as excinfo:
+        client.invoke_rest_api(Name=ENV, Path="/dags", Method="GET")
+    assert "Public" in excinfo.value.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "call"),
+    [
+        ("QueryParameters", {"Path": "/dags", "QueryParameters": ["limit", 10]}),
+        ("QueryParameters", {"Path": "/dags", "QueryParameters": {"limit": {"a": 1}}}),
+        ("QueryParameters", {"Path": "/dags", "QueryParameters": {"tags": [{"a": 1}]}}),
+        ("Path", {"Path": "/dags\r\nX-Injected: 1"}),
+        ("Path", {"Path": "/dags\x00"}),
+    ],
+)
+def test_inputs_airflow_cannot_be_sent_are_validation_errors(
+    admin: Any, environment: dict[str, Any], field: str, call: dict[str, Any]
+) -> None:
+    with pytest.raises(admin.exceptions.ValidationException) as excinfo:
+        admin.invoke_rest_api(Name=ENV, Method="GET", **call)
+    assert field in excinfo.value.response["Error"]["Message"]

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
 
-from openmwaa.service.endpoint import (
+from openmwaa.api.airflow_http import (
     AirflowConnectError,
     AirflowHttp,
     AirflowHttpError,
@@ -81,7 +82,7 @@ class FakeApiServer:
         return _Target.of(f"http://127.0.0.1:{self.port}/api/v2", "the-jwt")
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     uvloop.run(test())
 
 
@@ -264,7 +265,8 @@ def test_state_cache_never_hides_a_write_of_this_process(tmp_path: Path) -> None
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     store.migrate()
     assert store.environment_state("env", max_age=60) is None
-    assert store.insert_environment(_row("env", "AVAILABLE"))
+    assert store.insert_environment(_row("env", "CREATING"))
+    assert store.update_environment("env", status="AVAILABLE")
     state = store.environment_state("env", max_age=60)
     assert state is not None and state.status == "AVAILABLE"
     assert store.environment_state("env", max_age=60) is state  # reused

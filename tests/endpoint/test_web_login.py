@@ -140,6 +140,28 @@ def test_reused_and_forged_tokens_get_an_error_page(
         context.close()
 
 
+def test_a_login_form_on_another_site_is_refused(
+    browser: Any, admin: Any, environment: dict[str, Any], endpoint: str
+) -> None:
+    """Login CSRF: a page elsewhere that posts a token signs no one in, and leaves it
+    unused (the browser says where the POST came from: Sec-Fetch-Site, Origin)."""
+    available(admin)
+    token = admin.create_web_login_token(Name=ENV)
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_content(
+        f'<form id=f method=post action="{endpoint}/aws_mwaa/aws-console-sso">'
+        f'<input name=token value="{token["WebToken"]}"></form>'
+        "<script>document.getElementById('f').submit()</script>"
+    )
+    page.get_by_text("Sign-in refused").wait_for(timeout=15_000)
+    assert not [c for c in context.cookies(endpoint) if c["name"].startswith("_token")]
+    page.goto(login_url(token))
+    page.wait_for_url(f"{endpoint}/", timeout=30_000)
+    session_cookie(context, endpoint)
+    context.close()
+
+
 def test_mwaa_hook_login_path_answers_with_the_session_cookie(
     admin: Any, environment: dict[str, Any], endpoint: str
 ) -> None:
@@ -150,6 +172,8 @@ def test_mwaa_hook_login_path_answers_with_the_session_cookie(
         login = session.post("/pluginsv2/aws_mwaa/login", data={"token": token["WebToken"]})
         assert login.status_code == 200, login.text
         jwt = login.cookies["_token"]
+        # AirflowIdentity is the user Airflow records for the session.
+        assert jwt_claims(jwt)["sub"] == token["AirflowIdentity"] == "admin"
         dags = session.get("/api/v2/dags", headers={"Authorization": f"Bearer {jwt}"})
         assert dags.status_code == 200
         assert "hello" in {d["dag_id"] for d in dags.json()["dags"]}

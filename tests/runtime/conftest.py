@@ -1,12 +1,12 @@
 """Shared fixtures: one Airflow install and one running environment per test run.
 
-The data dir lives under /tmp keyed by the constraints files, so a rerun reuses
-the built install (and uv's cache) instead of installing Airflow again.
+Installs live under /tmp keyed by the constraints files, so a rerun reuses the
+built install (and uv's cache) instead of installing Airflow again; each run has
+a data dir of its own that links to them.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,23 +19,19 @@ from runtime_support import PIPELINE_DAG, Api, assert_healthy, make_spec
 from openmwaa.runtime.base import EnvironmentSpec
 from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
 from openmwaa.runtime.local import LocalBackend
-from openmwaa.runtime.supervisor import marked_processes, terminate
+from openmwaa.runtime.supervisor import terminate
 
 
 @pytest.fixture(scope="session")
-def data_dir(airflow_runtimes: Path) -> Iterator[Path]:
-    path = airflow_runtimes.parent
-    envs = path / "environments"
-    if envs.is_dir():  # leftovers of an interrupted run
-        for env_dir in envs.iterdir():
-            terminate(marked_processes(env_dir), grace=5)
-        shutil.rmtree(envs)
-    for stale in ("buckets", "ports.json"):
-        target = path / stale
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+def data_dir(airflow_runtimes: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A data dir of this test run's own, sharing the machine's Airflow installs.
+
+    Its own, so that two runs of runtime tests at once (several developers on one host)
+    never stop or delete each other's environments; ``runtimes`` is the shared folder,
+    so installs are built once per machine (their build locks live there too).
+    """
+    path = tmp_path_factory.mktemp("runtime-data")
+    (path / "runtimes").symlink_to(airflow_runtimes, target_is_directory=True)
     (path / "buckets" / "tests" / "dags").mkdir(parents=True)
     yield path
     leftovers = [p for p in psutil.process_iter() if belongs_under(p, path)]

@@ -84,6 +84,29 @@ def test_mirror_copies_subfolders_and_propagates_deletions(tmp_path: Path) -> No
     assert not again.sync_once()
 
 
+def test_mirror_thread_is_alive_until_stopped_and_reports_failures(tmp_path: Path) -> None:
+    """``alive`` is what health reads; a failing pass is recorded and retried, not fatal."""
+    from live_server import wait_for
+
+    store = LocalBucketStore(tmp_path / "buckets")
+    target = tmp_path / "dags"
+    mirror = DagMirror(store, "gone", "dags", target, tmp_path / "m.json", interval=0.05)
+    assert not mirror.alive, "not started yet"
+    mirror.start()
+    try:
+        assert mirror.alive
+        wait_for(lambda: mirror.last_error, 10, "the missing bucket to be reported")
+        assert "gone" in str(mirror.last_error)
+        (tmp_path / "buckets" / "gone" / "dags").mkdir(parents=True)
+        (tmp_path / "buckets" / "gone" / "dags" / "a.py").write_text("A")
+        wait_for(lambda: (target / "a.py").is_file(), 30, "the mirror to recover")
+        wait_for(lambda: mirror.last_error is None, 10, "the error to clear")
+        assert mirror.alive
+    finally:
+        mirror.stop()
+    assert not mirror.alive, "a stopped mirror is not alive"
+
+
 def test_s3_store_honours_object_versions(s3: Any) -> None:
     store = S3BucketStore(client=s3)
     v1 = s3.put_object(Bucket="versioned", Key="plugins.zip", Body=b"first")["VersionId"]

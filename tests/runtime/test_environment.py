@@ -5,17 +5,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
+import pytest
 from live_server import wait_for
 from runtime_support import Api, assert_healthy, make_spec, simple_dag
 
-from openmwaa.runtime.base import EnvironmentSpec
-from openmwaa.runtime.local import COMPONENTS, LocalBackend
+from openmwaa.runtime.base import EnvironmentSpec, RuntimeFailure
+from openmwaa.runtime.local import COMPONENTS, LocalBackend, prepare
 from openmwaa.runtime.ports import port_is_free
 from openmwaa.runtime.supervisor import marked_processes, recorded_sessions
 
@@ -49,7 +54,7 @@ def test_environment_is_healthy_and_secured(
         env_dir / "airflow/simple_auth_manager_passwords.json",
     ):
         assert secret.stat().st_mode & 0o777 == 0o600
-    password = backend._secrets("main").admin_password
+    password = backend.secrets("main").admin_password
     for log in (env_dir / "logs").glob("*.log"):
         assert password not in log.read_text(errors="replace")
 
@@ -100,7 +105,7 @@ def test_dag_in_subfolder_appears_and_deleted_dag_disappears(
 
     wait_for(gone, 90, "the deleted DAG to disappear")
     assert "nested_dag" in api.dag_ids()
-    home = Path(running[1].backend._home("main"))
+    home = Path(running[1].backend.layout("main").home)
     assert (home / "dags" / "team_a" / "etl" / "nested_dag.py").is_file()
     assert not (home / "dags" / "doomed.py").exists()
 
@@ -143,7 +148,9 @@ def test_killed_component_is_restarted(
     assert_healthy(backend, spec)
     new = backend.supervisor.components(spec.name)["scheduler"].pid
     schedulers = [
-        p for p in marked_processes(backend._dir(spec.name)) if p.cmdline()[-1:] == ["scheduler"]
+        p
+        for p in marked_processes(backend.layout(spec.name).root)
+        if p.cmdline()[-1:] == ["scheduler"]
     ]
     # Nothing of the killed scheduler is left: every scheduler process is the new one or a
     # process it forked (the executor's workers carry the same command line).
@@ -154,6 +161,80 @@ def test_killed_component_is_restarted(
         except psutil.NoSuchProcess:
             continue  # gone meanwhile: not a leftover
         assert proc.pid == new or new in ancestors, proc
+
+
+def test_airflow_cli_runs_as_the_scheduler(
+    backend: LocalBackend, running: tuple[EnvironmentSpec, Api]
+) -> None:
+    spec, _ = running
+    cli = backend.airflow_cli(spec)
+    scheduler = backend.supervisor.components(spec.name)["scheduler"].spec
+    assert cli.argv == (scheduler.argv[0],) and Path(cli.argv[0]).name == "airflow"
+    assert cli.env["OPENMWAA_TEST_COMPONENT"] == "scheduler"  # startup-script exports
+    assert cli.cwd == backend.layout(spec.name).home
+    assert "dags list" in cli.definition["commands"]
+    proc = subprocess.run(
+        [*cli.argv, "dags", "list", "-o", "plain"],
+        env=dict(cli.env),
+        cwd=cli.cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0 and "pipeline" in proc.stdout, proc.stderr[-2000:]
+    with pytest.raises(RuntimeFailure) as failure:
+        backend.airflow_cli(make_spec("not-started"))
+    assert failure.value.code == "NOT_RUNNING"
+
+
+def test_tokens_do_not_wait_for_a_slow_step(
+    backend: LocalBackend, running: tuple[EnvironmentSpec, Api], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an update builds an install (held here), token fetches answer at once."""
+    spec, _ = running
+    building, release = threading.Event(), threading.Event()
+    real_install = prepare.ensure_install
+
+    def slow_install(*args: Any) -> Path:
+        building.set()
+        release.wait(120)
+        return real_install(*args)
+
+    monkeypatch.setattr(prepare, "ensure_install", slow_install)
+    with ThreadPoolExecutor(2) as pool:
+        update = pool.submit(backend.apply, spec, spec, print)
+        try:
+            assert building.wait(30), "the update did not reach the install"
+            started = time.monotonic()
+            token = pool.submit(backend.airflow_api, spec, "Admin", fresh=True)
+            base, _ = token.result(timeout=20)
+            assert base == backend.webserver_url(spec)
+            assert time.monotonic() - started < 15
+            backend.set_workers(spec, 1)  # never waits either
+        finally:
+            release.set()
+        update.result(timeout=120)
+
+
+def test_a_stopped_dag_mirror_is_unhealthy_until_apply_runs_it(
+    backend: LocalBackend, running: tuple[EnvironmentSpec, Api], bucket: Path
+) -> None:
+    spec, api = running
+    mirror = backend.ctx.env(spec.name).mirror
+    assert mirror is not None
+    mirror.stop()  # its thread ends, as after an uncaught failure
+    health = backend.health(spec)
+    assert not health.healthy
+    assert health.components["dag-sync"] == "stopped"
+    assert "DAG mirror of s3://tests/dags is not running" in health.detail
+    backend.apply(spec, spec, print)  # nothing changed: the early return runs it too
+    assert_healthy(backend, spec)
+    (bucket / "dags" / "revived.py").write_text(simple_dag("revived"))
+    try:
+        wait_for(lambda: "revived" in api.dag_ids(), 60, "a DAG the revived mirror copied")
+    finally:
+        (bucket / "dags" / "revived.py").unlink()
 
 
 def test_apply_restarts_only_when_needed(

@@ -14,7 +14,7 @@ from openmwaa.runtime.supervisor import marked_processes
 
 
 def _nothing_left(backend: LocalBackend, name: str) -> None:
-    env_dir = backend._dir(name)
+    env_dir = backend.layout(name).root
     assert marked_processes(env_dir) == []
     assert backend.supervisor.components(name) == {}
     ports = backend.ports.get(name)
@@ -72,4 +72,4 @@ def test_component_exiting_at_start(backend: LocalBackend) -> None:
     print(failure.value)
     _nothing_left(backend, spec.name)
     backend.destroy(spec, print)
-    assert not backend._dir(spec.name).exists()
+    assert not backend.layout(spec.name).root.exists()

@@ -47,7 +47,7 @@ def test_postgres_metadata_database(pg_backend: LocalBackend) -> None:
         base, token = pg_backend.airflow_api(spec, "Admin")
         assert token
     finally:
-        env_dir = pg_backend._dir(spec.name)
+        env_dir = pg_backend.layout(spec.name).root
         sessions = recorded_sessions(env_dir / "run")
         pg_backend.destroy(spec, print)
     assert not database.pg_exists(ADMIN_URL, spec.name)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from live_server import NETWORK, Server, free_port, wait_status
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
-from runtime_support import slow_dag  # noqa: E402
+from runtime_support import slow_dag
 
 BUCKET = "scale-dags"
 CREATE_TIMEOUT = 300

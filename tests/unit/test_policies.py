@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import time
 from typing import Any
 
@@ -226,3 +228,31 @@ def test_evaluation_is_cheap() -> None:
     for _ in range(n):
         evaluate(policies, "airflow:UpdateEnvironment", ENV)
     assert (time.perf_counter() - start) / n < 0.0001
+
+
+def _reference_glob(pattern: str, value: str) -> bool:
+    """IAM's wildcards as the obvious backtracking regex (fine for short values)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.DOTALL) is not None
+
+
+def test_wildcards_match_as_the_plain_glob_does() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        pattern = "arn:" + "".join(rng.choice("ab:*?/") for _ in range(rng.randint(0, 7)))
+        value = "arn:" + "".join(rng.choice("ab:/") for _ in range(rng.randint(0, 9)))
+        expected = Decision.ALLOW if _reference_glob(pattern, value) else Decision.IMPLICIT_DENY
+        assert evaluate([policy(allow("airflow:*", pattern))], "airflow:X", value) is expected, (
+            pattern,
+            value,
+        )
+
+
+def test_hostile_resources_are_matched_in_linear_time() -> None:
+    """A caller picks the resource (a TagResource ARN up to 1224 characters): a policy
+    with several stars must not make matching it backtrack (a regex took seconds)."""
+    policies = [policy(allow("airflow:*", "arn:*:*:*:*x"), deny("airflow:*", "arn:?*:*?:*:*y"))]
+    resource = "arn:" + ":" * 600
+    start = time.perf_counter()
+    assert evaluate(policies, "airflow:TagResource", resource) is Decision.IMPLICIT_DENY
+    assert time.perf_counter() - start < 0.05

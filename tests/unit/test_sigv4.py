@@ -18,7 +18,7 @@ from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from openmwaa.api.sigv4 import SignatureError, verify
+from openmwaa.api.sigv4 import SignatureError, decode_query, verify
 
 AKID = "AKIAOPENMWAATEST0001"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -378,7 +378,7 @@ def test_date_not_matching_scope() -> None:
         (
             "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/airflow/aws4_request",
             "Authorization header requires 'Signature' parameter. "
-            "Authorization header requires 'SignedHeaders' parameter. Authorization=",
+            "Authorization header requires 'SignedHeaders' parameter.",
         ),
         (
             "AWS4-HMAC-SHA256 Credential=AKID/us-east-1, SignedHeaders=host, Signature=00",
@@ -398,6 +398,37 @@ def test_malformed_authorization(authorization: str, start: str) -> None:
         check(wire)
     assert str(info.value).startswith(start)
     assert (info.value.code, info.value.status) == ("IncompleteSignatureException", 400)
+
+
+def test_failures_never_echo_the_authorization_header() -> None:
+    wire = OPERATIONS["get"]()
+    auth = wire.header("Authorization")
+    secretish = "s3cr3t-" + "x" * 40
+    for broken in (
+        f"AWS4-HMAC-SHA256 Credential={secretish}/x, Garbage={secretish}",
+        auth.replace("SignedHeaders=", "Signed="),
+        f"{auth}, Extra={secretish}".replace("Signature=", "Sig="),
+    ):
+        with pytest.raises(SignatureError) as info:
+            check(wire.with_header("Authorization", broken))
+        assert secretish not in str(info.value) and "Authorization=" not in str(info.value)
+        assert info.value.code == "IncompleteSignatureException"
+    with pytest.raises(SignatureError) as info:
+        check(wire.without_header("X-Amz-Date"), now=wire.signed_at)
+    assert "Authorization=" not in str(info.value) and "Signature=" not in str(info.value)
+
+
+def test_plus_in_the_query_is_a_space_for_signature_and_parser() -> None:
+    """``+`` decodes as a space in the signature check and in the parser alike: a request
+    signed for the tag key ``a+b`` (``%2B``) and sent as ``a+b`` would be parsed as the
+    key ``a b``, so it must not verify; one signed for ``a b`` and sent with ``+`` does."""
+    plus = capture("untag_resource", ResourceArn=ARN, tagKeys=["a+b"])
+    assert plus.query.endswith("tagKeys=a%2Bb")
+    fails(replace(plus, query=plus.query.replace("%2B", "+")), MISMATCH)
+    space = capture("untag_resource", ResourceArn=ARN, tagKeys=["a b"])
+    assert space.query.endswith("tagKeys=a%20b")
+    assert check(replace(space, query=space.query.replace("%20", "+"))) == AKID
+    assert decode_query("tagKeys=a+b&tagKeys=a%2Bb") == [("tagKeys", "a b"), ("tagKeys", "a+b")]
 
 
 def test_missing_or_bad_date() -> None:

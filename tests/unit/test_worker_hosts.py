@@ -10,9 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from service_support import REQUEST, FakeBackend, make_environments, make_store
 
 from openmwaa.runtime import bundles
-from openmwaa.service.worker_hosts import RemoteHost, WorkerHosts
+from openmwaa.service.errors import ValidationException
+from openmwaa.service.identity import ADMIN_POLICY, Caller
+from openmwaa.service.policies import parse_policy
+from openmwaa.service.worker_hosts import MAX_HOST_WORKERS, RemoteHost, WorkerHosts
+from openmwaa.store.db import Store
 
 
 def hosts_with(*entries: tuple[str, int, int]) -> WorkerHosts:
@@ -98,3 +103,61 @@ def test_portable_settings_leave_host_paths_and_signing_keys_behind() -> None:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:1/execution/",
     }
     assert bundles.portable_env(env) == {"AIRFLOW__CELERY__BROKER_URL": "redis://h:6379/0"}
+
+
+# -- against a real store: statuses and reports ------------------------------------------
+
+
+def _admin() -> Caller:
+    return Caller(
+        "AK", "admin", "arn:aws:iam::123456789012:user/admin", "s", (parse_policy(ADMIN_POLICY),)
+    )
+
+
+def _hosts_of(tmp_path: Path, state: str) -> tuple[WorkerHosts, Store]:
+    """WorkerHosts over a real store holding environment ``e``, run once and now ``state``."""
+    store = make_store(tmp_path)
+    envs = make_environments(store)
+    envs.create("e", REQUEST)
+    row = store.get_environment("e")
+    assert row is not None
+    store.update_environment("e", status="AVAILABLE", applied=row.spec)
+    if state != "AVAILABLE":
+        store.update_environment("e", status="UPDATING", generation=2)
+        path = {"ROLLING_BACK": ["ROLLING_BACK"], "UPDATE_FAILED": ["ROLLING_BACK"]}
+        for step in [*path.get(state, []), state]:
+            store.update_environment("e", status=step)
+    return WorkerHosts(FakeBackend(), envs), store
+
+
+@pytest.mark.parametrize("state", ["AVAILABLE", "UPDATING", "UPDATE_FAILED"])
+def test_hosts_of_a_serving_environment_keep_reporting(tmp_path: Path, state: str) -> None:
+    """UPDATE_FAILED runs the old configuration: its worker hosts must not be dropped."""
+    hosts, store = _hosts_of(tmp_path, state)
+    answer = hosts.report(_admin(), "e", "h1", limit=2, workers=1, busy=0)
+    assert answer["Fingerprint"] == "f1"
+    assert [h.host for h in hosts.live("e")] == ["h1"]
+    assert hosts.bundle(_admin(), "e")["Name"] == "e"
+    store.close()
+
+
+def test_hosts_of_an_environment_rolling_back_wait(tmp_path: Path) -> None:
+    hosts, store = _hosts_of(tmp_path, "ROLLING_BACK")
+    with pytest.raises(ValidationException, match="ROLLING_BACK"):
+        hosts.report(_admin(), "e", "h1", limit=2, workers=1, busy=0)
+    store.close()
+
+
+def test_reported_workers_are_capped_by_the_hosts_own_limit(tmp_path: Path) -> None:
+    """A host declaring --max-workers 2 and reporting 40 workers counts as 2: it cannot make
+    the autoscaler believe the work is done elsewhere and stop this host's workers."""
+    hosts, store = _hosts_of(tmp_path, "AVAILABLE")
+    hosts.report(_admin(), "e", "h1", limit=2, workers=40, busy=40)
+    (entry,) = hosts.live("e")
+    assert (entry.limit, entry.workers, entry.busy) == (2, 2, 2)
+    hosts.assign("e", 4, local_workers=4)
+    assert hosts.assign("e", 4, local_workers=4) == 2  # the other 2 stay here
+    hosts.report(_admin(), "e", "h1", limit=99, workers=99, busy=1)
+    (entry,) = hosts.live("e")
+    assert (entry.limit, entry.workers, entry.busy) == (MAX_HOST_WORKERS, MAX_HOST_WORKERS, 1)
+    store.close()

@@ -4,7 +4,9 @@ MWAA's web login URL carries the token in the fragment
 (``/aws_mwaa/aws-console-sso?login=true#TOKEN``), which browsers never send;
 the page's script reads it, removes it from the address bar and history, and
 POSTs it to the same path, whose answer sets the session cookie and redirects
-into the Airflow UI.
+into the Airflow UI. Its referrer policy is ``same-origin``, not ``no-referrer``:
+with the latter a browser sends ``Origin: null`` on the form's POST, which the
+gateway's login-CSRF check could not tell from a post by another site.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ _STYLE = (
 def _page(title: str, body: str) -> bytes:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name=referrer content=no-referrer><meta name=robots content="noindex">'
+        '<meta name=referrer content=same-origin><meta name=robots content="noindex">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
         f"<body>{body}</body></html>"
     ).encode()

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape, StructureShape
 
+from openmwaa.api.sigv4 import decode_query
 from openmwaa.service.documents import RawJson
 from openmwaa.service.errors import RestApiException, ServiceError, ValidationException
 
@@ -89,7 +90,8 @@ def match(method: str, raw_path: str) -> tuple[OperationModel, dict[str, str]]:
             return route.operation, {
                 route.labels[group]: unquote(value) for group, value in found.groupdict().items()
             }
-    raise UnknownOperation(f"No operation answers {method} {raw_path}")
+    shown = raw_path if len(raw_path) <= 200 else raw_path[:197] + "..."
+    raise UnknownOperation(f"No operation answers {method[:16]} {shown}")
 
 
 # -- parsing ---------------------------------------------------------------
@@ -208,7 +210,11 @@ def parse_request(
     if shape is None:
         return {}
     query: dict[str, list[str]] = {}
-    for key, value in parse_qsl(raw_query, keep_blank_values=True):
+    try:  # decoded as the signature check decodes it: the signature covers what is parsed
+        pairs = decode_query(raw_query)
+    except UnicodeDecodeError:
+        raise ValidationException("The query string is not valid UTF-8.") from None
+    for key, value in pairs:
         query.setdefault(key, []).append(value)
     params: dict[str, Any] = {}
     try:

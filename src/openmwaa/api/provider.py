@@ -31,6 +31,18 @@ class MwaaProvider:
             name: getattr(self, name) for name in _ASYNC_OPERATIONS
         }
 
+    def authorize_early(self, caller: Caller, operation: str, labels: dict[str, str]) -> None:
+        """Authorize from the URI alone, before the body is parsed and validated: a caller
+        the policy refuses costs no more than this. The handlers authorize again (the same
+        decision); CreateWebLoginToken and InvokeRestApi authorize in the endpoint, per
+        Airflow role, and are left to it."""
+        if operation in _BY_NAME:
+            caller.authorize(operation, self._envs.arn(labels[_BY_NAME[operation]]))
+        elif operation in _BY_ARN:
+            caller.authorize(operation, labels["ResourceArn"])
+        elif operation == "ListEnvironments":
+            caller.authorize(operation, "*")
+
     def CreateEnvironment(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         caller.authorize("CreateEnvironment", self._envs.arn(p["Name"]))
         return {"Arn": self._envs.create(p["Name"], p)}
@@ -95,3 +107,13 @@ _OPERATIONS = (
     "CreateWebLoginToken",
 )
 _ASYNC_OPERATIONS = ("InvokeRestApi",)
+_BY_NAME = {
+    "CreateEnvironment": "Name",
+    "GetEnvironment": "Name",
+    "UpdateEnvironment": "Name",
+    "DeleteEnvironment": "Name",
+    "CreateCliToken": "Name",
+    "PublishMetrics": "EnvironmentName",
+}
+"""Operations on the environment ARN, and the URI label that names the environment."""
+_BY_ARN = ("TagResource", "UntagResource", "ListTagsForResource")

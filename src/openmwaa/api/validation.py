@@ -4,6 +4,11 @@ Messages follow AWS's own ("1 validation error detected: Value 'x' at 'name'
 failed to satisfy constraint: Member must ..."). Patterns are the model's,
 matched against the whole value (as MWAA does: a name like ``../x`` is refused,
 not found inside). Values of sensitive members are never echoed.
+
+Lengths are checked before patterns and a pattern only runs on a value within the
+member's maximum: several of the model's patterns (``.*X.*``, ``\\w+.*``) take
+quadratic time, and a 256 KB value once held the event loop for 13 s. A pattern
+that still runs longer than ``PATTERN_TIMEOUT`` counts as not matched.
 """
 
 from __future__ import annotations
@@ -17,10 +22,21 @@ from botocore.model import Shape, StructureShape
 
 from openmwaa.service.errors import ValidationException
 
+PATTERN_TIMEOUT = 0.05
+"""Seconds one pattern may take on one value (a safety net: within the maxima of the
+model, the slowest pattern takes about 2 ms)."""
+
 
 @cache
 def _pattern(expr: str) -> regex.Pattern[str]:
     return regex.compile(expr)
+
+
+def _matches(expr: str, value: str) -> bool:
+    try:
+        return _pattern(expr).fullmatch(value, timeout=PATTERN_TIMEOUT) is not None
+    except TimeoutError:
+        return False
 
 
 def _value_text(shape: Shape, value: Any) -> str:
@@ -50,9 +66,10 @@ def _scalar_constraints(shape: Shape, value: Any) -> list[str]:
             out.append(f"Member must satisfy enum value set: [{', '.join(enum)}]")
         if "min" in meta and len(value) < meta["min"]:
             out.append(f"Member must have length greater than or equal to {meta['min']}")
-        if "max" in meta and len(value) > meta["max"]:
+        too_long = "max" in meta and len(value) > meta["max"]
+        if too_long:
             out.append(f"Member must have length less than or equal to {meta['max']}")
-        if "pattern" in meta and not _pattern(meta["pattern"]).fullmatch(value):
+        elif "pattern" in meta and not _matches(meta["pattern"], value):
             out.append(f"Member must satisfy regular expression pattern: {meta['pattern']}")
     elif shape.type_name in ("integer", "long", "double", "float"):
         if "min" in meta and value < meta["min"]:
@@ -125,3 +142,20 @@ def validate(shape: StructureShape | None, params: dict[str, Any]) -> None:
         count = len(out.errors)
         noun = "error" if count == 1 else "errors"
         raise ValidationException(f"{count} validation {noun} detected: {'; '.join(out.errors)}")
+
+
+def validate_labels(shape: StructureShape | None, labels: dict[str, str]) -> None:
+    """Check the URI labels alone (lengths, then patterns), so that they can be used to
+    authorize the caller before the rest of the request is parsed."""
+    if shape is None:
+        return
+    errors = [
+        f"Value {_value_text(shape.members[name], value)}at '{_path('', name)}' failed to "
+        f"satisfy constraint: {constraint}"
+        for name, value in labels.items()
+        if name in shape.members
+        for constraint in _scalar_constraints(shape.members[name], value)
+    ]
+    if errors:
+        noun = "error" if len(errors) == 1 else "errors"
+        raise ValidationException(f"{len(errors)} validation {noun} detected: {'; '.join(errors)}")

@@ -12,7 +12,6 @@ Airflow through here.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,9 +31,6 @@ EXECUTION_TIMEOUT = 60.0
 _NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"content-encoding", b"accept-encoding"}
 """Connection headers, and what the relay sets itself: the length of what it sends, and
 no compression (httpx decodes what it receives)."""
-
-
-Authenticate = Callable[[], Awaitable[Caller]]
 
 
 def is_worker_path(path: str) -> bool:
@@ -57,19 +53,10 @@ class WorkerRoutes:
         )
 
     async def handle(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        authenticate: Authenticate,
-        request_id: str,
+        self, method: str, path: str, body: bytes, caller: Caller, request_id: str
     ) -> protocol.Response:
+        """A signed call (bundle, files, report) of an authenticated caller."""
         name, _, rest = path[len(PREFIX) :].partition("/")
-        if is_execution_call(path):
-            return await self._execution(method, name, rest.partition("/")[2], query, headers, body)
-        caller = await authenticate()
         route = (method, rest)
         if route == ("GET", "bundle"):
             answer = await to_thread.run_sync(self._hosts.bundle, caller, name)
@@ -85,15 +72,12 @@ class WorkerRoutes:
             "UnknownOperationException", 404, f"No worker route {method} {path}.", request_id
         )
 
-    async def _execution(
-        self,
-        method: str,
-        name: str,
-        rest: str,
-        query: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
+    async def execution(
+        self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes
     ) -> protocol.Response:
+        """Relay a task's call (see :func:`is_execution_call`) to its environment's Airflow."""
+        name, _, rest = path[len(PREFIX) :].partition("/")
+        rest = rest.partition("/")[2]
         segments = unquote(rest).split("/")
         if rest.startswith("/") or any(s in (".", "..") for s in segments):
             return 400, [("content-type", "application/json")], b'{"detail":"bad path"}'
@@ -121,13 +105,20 @@ def _json(answer: dict[str, Any], request_id: str) -> protocol.Response:
 
 
 def _report(body: bytes) -> dict[str, Any]:
-    """The report's fields, checked: Host (str), Limit, Workers, Busy (ints >= 0)."""
+    """The report's fields, checked: Host (str), Limit, Workers, Busy (ints >= 0).
+
+    ``Limit`` is the host's own ``--max-workers``, required and passed on as ``limit``:
+    WorkerHosts caps what the host says it runs (``workers``, ``busy``) and what it is
+    given by it, so a report without it is refused rather than read as unlimited or 0.
+    """
     try:
         raw = json.loads(body or b"{}")
     except ValueError:
         raise ValidationException("The report must be a JSON object.") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("Host"), str):
         raise ValidationException("The report must be a JSON object with a Host string.")
+    if "Limit" not in raw:
+        raise ValidationException("The report must carry Limit, the host's --max-workers.")
     counts = {}
     for field in ("Limit", "Workers", "Busy"):
         value = raw.get(field, 0)

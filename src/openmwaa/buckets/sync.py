@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
-from openmwaa.buckets.base import BucketError, BucketStore, ObjectNotFound
+from openmwaa.buckets.base import BucketStore, ObjectNotFound
 from openmwaa.core.files import write_atomic
+from openmwaa.core.loops import PeriodicLoop
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,10 @@ class DagMirror:
         self.manifest_path = manifest
         self.interval = interval
         self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        """Why the last pass failed (None after a good one); passes back off meanwhile."""
+        self._loop = PeriodicLoop(
+            f"dag-mirror:{target}", self._pass, interval, max_backoff=30.0, on_error=self._failed
+        )
         self._lock = threading.Lock()
         self._manifest: dict[str, str] = self._load_manifest()
 
@@ -114,34 +118,23 @@ class DagMirror:
         return changed
 
     def start(self) -> None:
-        if self._thread and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run, name=f"dag-mirror:{self.target}", daemon=True
-        )
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-        self._thread = None
+        self._loop.stop(timeout=10)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sync_once()
-            except (BucketError, OSError) as exc:
-                if str(exc) != self.last_error:
-                    log.warning("DAG mirror of s3://%s/%s: %s", self.bucket, self.prefix, exc)
-                self.last_error = str(exc)
-            except Exception:  # keep mirroring whatever one pass hit
-                log.exception("DAG mirror of s3://%s/%s failed", self.bucket, self.prefix)
-            self._stop.wait(self.interval)
+    @property
+    def alive(self) -> bool:
+        """Whether the mirror thread runs and was not stopped: False when it was never
+        started, was stopped, or died (health reports the DAG mirror as stopped then)."""
+        return self._loop.running and not self._loop.stopping
+
+    def _pass(self) -> None:
+        self.sync_once()
+
+    def _failed(self, exc: Exception | None) -> None:
+        self.last_error = None if exc is None else str(exc) or type(exc).__name__
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)

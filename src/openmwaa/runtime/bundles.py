@@ -99,7 +99,9 @@ def _dir_entry(name: str) -> tarfile.TarInfo:
 def unpack(data: bytes, target: Path) -> None:
     """Mirror the archive's folders into ``target``: changed files are replaced
     atomically, files no longer in the archive removed. Only plain files and
-    folders inside ``target`` are accepted."""
+    folders inside ``target`` are accepted (ValueError naming the member otherwise),
+    and they are extracted with tarfile's ``data`` filter besides: no setuid bits,
+    no group/other write, no owner or device from the archive."""
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".incoming-", dir=target) as tmp:
         incoming = Path(tmp)
@@ -113,7 +115,10 @@ def unpack(data: bytes, target: Path) -> None:
                     or not (member.isfile() or member.isdir())
                 ):
                     raise ValueError(f"refusing archive member {member.name!r}")
-            tar.extractall(incoming, members=members)  # noqa: S202 (checked above)
+            try:
+                tar.extractall(incoming, members=members, filter="data")
+            except tarfile.FilterError as exc:
+                raise ValueError(f"refusing archive: {exc}") from None
         for folder in sorted(p for p in incoming.iterdir() if p.is_dir()):
             _mirror(folder, target / folder.name)
 

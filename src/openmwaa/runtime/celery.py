@@ -10,15 +10,15 @@ metadata database and process tree, never guessed.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
+import struct
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psutil
 
 from openmwaa.runtime.base import RuntimeFailure
+from openmwaa.runtime.children import HELPERS, inherited_env
 
 WORKER_PREFIX = "worker-"
 """Supervised worker components are named ``worker-1``, ``worker-2``, ..."""
@@ -44,35 +44,116 @@ def redacted(url: str) -> str:
 
 
 def check_broker(url: str, timeout: float = 3.0) -> None:
-    """Raise RuntimeFailure BROKER_UNREACHABLE unless the broker answers its protocol."""
+    """Raise RuntimeFailure BROKER_UNREACHABLE unless the broker answers its protocol and
+    accepts the URL's credentials (what a worker with this URL would be told).
+
+    Redis: AUTH (when the URL has a password) and PING; AMQP: the protocol header and a
+    PLAIN login up to Connection.Tune. A listening port that is not the broker fails too.
+    TLS brokers (rediss://, amqps://) are only checked to accept connections.
+    """
     try:
         scheme, host, port = broker_address(url)
     except ValueError as exc:
         raise RuntimeFailure("BROKER_UNREACHABLE", str(exc)) from exc
-    # A Redis PING or an AMQP protocol header: a listening port that is not the broker fails.
-    hello = b"PING\r\n" if scheme.startswith("redis") else b"AMQP\x00\x00\x09\x01"
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            if scheme.endswith("s"):
+            if scheme in ("rediss", "amqps"):
                 return  # TLS brokers: reachable is all that is checked here
-            sock.sendall(hello)
-            answer = sock.recv(16)
+            if scheme.startswith("redis"):
+                problem = _redis_login(sock, url)
+            else:
+                problem = _amqp_login(sock, url)
     except OSError as exc:
         raise RuntimeFailure(
             "BROKER_UNREACHABLE",
             f"the Celery broker {redacted(url)} is unreachable ({exc.strerror or exc}); "
             "start it or fix the broker URL",
         ) from exc
-    if scheme.startswith("redis"):
-        ok = answer.startswith((b"+PONG", b"-NOAUTH"))
-    else:
-        ok = answer[:1] == b"\x01"  # a method frame: Connection.Start
-    if not ok:
-        raise RuntimeFailure(
-            "BROKER_UNREACHABLE",
-            f"{redacted(url)} answered, but not as a {scheme} broker",
-        )
+    if problem:
+        raise RuntimeFailure("BROKER_UNREACHABLE", f"the Celery broker {redacted(url)} {problem}")
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        raw = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+def _redis_login(sock: socket.socket, url: str) -> str | None:
+    """None when the Redis server takes the URL's credentials; else what is wrong."""
+    parts = urlsplit(url)
+    password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    request = b""
+    if password:
+        request += _resp("AUTH", username, password) if username else _resp("AUTH", password)
+    sock.sendall(request + b"PING\r\n")
+    reader = sock.makefile("rb")
+    if password:
+        answer = reader.readline(512)
+        if not answer.startswith(b"+OK"):
+            if not answer.startswith(b"-"):
+                return "answered, but not as a redis broker"
+            reply = answer[1:].decode(errors="replace").strip()[:200]
+            return f"refused the URL's credentials ({reply}); fix the password in the broker URL"
+    answer = reader.readline(512)
+    if answer.startswith(b"+PONG"):
+        return None
+    if answer.startswith(b"-NOAUTH"):
+        return "needs a password, and the broker URL has none"
+    if answer.startswith(b"-"):
+        return f"refused PING ({answer[1:].decode(errors='replace').strip()[:200]})"
+    return "answered, but not as a redis broker"
+
+
+def _amqp_frame(sock: socket.socket) -> tuple[int, int, bytes] | None:
+    """(class id, method id, arguments) of the next method frame; None if the socket closed."""
+    reader = sock.makefile("rb")
+    header = reader.read(7)
+    if len(header) < 7:
+        return None
+    kind, _channel, size = struct.unpack(">BHI", header)
+    if kind != 1 or size > 1 << 20:
+        return (-1, -1, b"")
+    payload = reader.read(size + 1)
+    if len(payload) < size + 1 or size < 4 or payload[-1:] != b"\xce":
+        return (-1, -1, b"")
+    class_id, method_id = struct.unpack(">HH", payload[:4])
+    return class_id, method_id, payload[4:-1]
+
+
+def _amqp_login(sock: socket.socket, url: str) -> str | None:
+    """None when an AMQP 0-9-1 broker takes the URL's credentials (default guest)."""
+    sock.sendall(b"AMQP\x00\x00\x09\x01")
+    start = _amqp_frame(sock)
+    if start is None or start[:2] != (10, 10):  # Connection.Start
+        return "answered, but not as an amqp broker"
+    parts = urlsplit(url)
+    user = unquote(parts.username or "guest").encode()
+    password = unquote(parts.password or "guest").encode()
+    response = b"\x00" + user + b"\x00" + password
+    args = (
+        struct.pack(">HH", 10, 11)  # Connection.StartOk
+        + struct.pack(">I", 0)  # client properties: none
+        + b"\x05PLAIN"
+        + struct.pack(">I", len(response))
+        + response
+        + b"\x05en_US"
+    )
+    try:
+        sock.sendall(struct.pack(">BHI", 1, 0, len(args)) + args + b"\xce")
+        answer = _amqp_frame(sock)
+    except OSError:
+        answer = None  # RabbitMQ closes the connection (or says nothing) on a failed login
+    if answer is not None and answer[:2] == (10, 30):  # Connection.Tune: logged in
+        return None
+    if answer is not None and answer[:2] == (10, 50) and len(answer[2]) >= 3:  # Close
+        text = answer[2][3 : 3 + answer[2][2]].decode(errors="replace")
+        return f"refused the URL's credentials ({text[:200]}); fix them in the broker URL"
+    return "refused the URL's credentials; fix them in the broker URL"
 
 
 def celery_environment(
@@ -110,17 +191,17 @@ def purge_redis_keys(python: Path, broker_url: str, prefix: str) -> int:
     """
     if not broker_address(broker_url)[0].startswith("redis"):
         return 0  # RabbitMQ: the queue is the environment's own; nothing is left over
-    proc = subprocess.run(
+    code, out, err = HELPERS.run(
         [str(python), "-c", _PURGE],
-        env={**os.environ, "BROKER_URL": broker_url, "PREFIX": prefix},
-        capture_output=True,
-        text=True,
+        env={**inherited_env(), "BROKER_URL": broker_url, "PREFIX": prefix},
+        cwd=python.parent,
         timeout=60,
-        check=False,
+        keep={"BROKER_URL"},
     )
-    if proc.returncode != 0:
-        raise RuntimeFailure("BROKER_FAILED", proc.stderr.strip().splitlines()[-1][:300])
-    return int(proc.stdout.strip() or 0)
+    if code != 0:
+        lines = err.strip().splitlines() or ["the purge helper failed"]
+        raise RuntimeFailure("BROKER_FAILED", lines[-1][:300])
+    return int(out.strip() or 0)
 
 
 def worker_argv(airflow: str, queue: str, hostname: str, concurrency: int) -> list[str]:

@@ -7,6 +7,13 @@ pre-build and a running server) never build the same install twice nor see a
 half-built one. A migrated SQLite metadata DB is built with the install once,
 so a new environment copies it instead of running ``airflow db migrate``.
 
+uv runs with an allow-listed environment (:func:`uv_env`): what installing needs
+(``UV_*`` settings, proxies, CA bundles) and nothing else of the server's, since a
+requirement's build step runs the user's code. Every uv run is a helper in its own
+process group, which :func:`cancel_all` kills when the server stops; the folders a
+killed build leaves behind are removed by :func:`clean_partial`, which the first
+``ensure_install`` of a data dir in a process calls.
+
 Constraints follow MWAA: our tested pins always apply to the base install, and
 to the user's requirements.txt unless it names its own (``-c``/``--constraint``).
 """
@@ -18,15 +25,16 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from openmwaa.runtime.base import Progress, RuntimeFailure
+from openmwaa.runtime.children import HELPERS, inherited_env
 
 SUPPORTED_VERSIONS = ["3.3.2", "3.0.6"]
 """Newest first; the first is the default."""
@@ -37,6 +45,29 @@ EXTRA_PACKAGES = ["apache-airflow-providers-standard"]
 TEMPLATE_DB = "openmwaa-template.db"
 _READY = ".openmwaa-ready"
 _CONSTRAINT_LINE = re.compile(r"^\s*(-c|--constraint)(\s|=)", re.MULTILINE)
+_PARTIAL_PREFIXES = (".build-", ".check-")
+_UV_PASSED = frozenset(
+    {
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+        "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME",
+        "NETRC",
+    }
+)
+"""Server variables uv needs to reach the package index: proxies, CA bundles, and where
+its cache, config (``uv.toml``) and ``.netrc`` are. uv reads no ``PIP_*`` variable nor
+pip.conf: an index or mirror is configured with ``UV_*`` variables or ``uv.toml``."""
+_cleaned: set[Path] = set()
+_cleaned_lock = threading.Lock()
 
 
 def constraints_file(version: str) -> Path:
@@ -96,13 +127,80 @@ def is_ready(path: Path) -> bool:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    """The key's build lock; waiting for it ends with Interrupted when the server stops."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        while True:
+            HELPERS.check()
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                HELPERS.wait(0.2)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def cancel_all() -> None:
+    """The server is stopping: kill every running uv (and other helper, e.g. a startup
+    script) with its process group; running and waiting ``ensure_install`` calls, and
+    any later one, raise ``Interrupted``. The install folders they leave are removed
+    by ``clean_partial`` at the next start."""
+    HELPERS.cancel_all()
+
+
+def resume() -> None:
+    """Allow helpers again after ``cancel_all`` (a new server in the same process)."""
+    HELPERS.resume()
+
+
+def _partial_key(name: str) -> str | None:
+    """The install key a partial folder (``.build-<key>-XXXX``) was made for."""
+    for prefix in _PARTIAL_PREFIXES:
+        if name.startswith(prefix) and name.count("-") >= 2:
+            return name[len(prefix) :].rsplit("-", 1)[0]
+    return None
+
+
+def clean_partial(data_dir: Path, key: str | None = None) -> list[str]:
+    """Remove the folders builds killed mid-way left in ``<data_dir>/runtimes``: temp
+    build and check folders, and installs without their ready mark. Only folders of keys
+    whose build lock is free (nobody builds them now) are touched; ``key``: that key only.
+    Returns the removed names."""
+    runtimes = data_dir / "runtimes"
+    removed: list[str] = []
+    if not runtimes.is_dir():
+        return removed
+    for path in sorted(runtimes.iterdir()):
+        if path.is_symlink():
+            continue  # an install shared from elsewhere (tests); not ours to judge
+        owner = _partial_key(path.name)
+        if owner is None and not path.name.startswith(".") and path.is_dir():
+            owner = path.name if not is_ready(path) else None
+        if owner is None or (key is not None and owner != key):
+            continue
+        with open(runtimes / f".{owner}.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being built right now
+            try:
+                if path.exists() and (owner != path.name or not is_ready(path)):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path.name)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    return removed
+
+
+def _clean_once(data_dir: Path) -> None:
+    with _cleaned_lock:
+        if data_dir in _cleaned:
+            return
+        _cleaned.add(data_dir)
+    clean_partial(data_dir)
 
 
 def ensure_install(
@@ -114,13 +212,15 @@ def ensure_install(
     """The ready install for (version, requirements), building it if needed.
 
     Raises RuntimeFailure("INCORRECT_REQUIREMENTS", <uv's useful line>) when
-    the requirements cannot be installed.
+    the requirements cannot be installed, Interrupted when ``cancel_all`` was called.
     """
+    HELPERS.check()
     say = progress or (lambda _line: None)
     constraints = constraints_file(version)
     runtimes = data_dir / "runtimes"
     key = install_key(version, requirements_text)
     final = runtimes / key
+    _clean_once(data_dir)
     if is_ready(final):
         return final
     with _locked(runtimes / f".{key}.lock"):
@@ -129,7 +229,7 @@ def ensure_install(
         runtimes.mkdir(parents=True, exist_ok=True)
         reqs = normalize_requirements(requirements_text)
         if reqs:
-            _check_requirements(runtimes, reqs, constraints, say)
+            _check_requirements(runtimes, key, reqs, constraints, say)
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=runtimes))
         try:
             _build(tmp, version, constraints, reqs, say)
@@ -143,15 +243,23 @@ def ensure_install(
     return final
 
 
-def _uv(args: list[str], code: str, what: str, cwd: Path | None = None) -> None:
-    env = dict(os.environ)
-    env.pop("VIRTUAL_ENV", None)
+def uv_env() -> dict[str, str]:
+    """The environment uv runs with: the allow-listed basics, the server user's ``HOME``
+    (uv's cache, ``uv.toml`` and ``.netrc`` live there), ``UV_*`` settings (index URLs
+    and their credentials included; publishing ones excluded) and :data:`_UV_PASSED`."""
+    env = inherited_env(Path(os.environ.get("HOME") or Path.home()))
+    for name, value in os.environ.items():
+        if name in _UV_PASSED or (name.startswith("UV_") and not name.startswith("UV_PUBLISH")):
+            env[name] = value
     env.setdefault("UV_HTTP_TIMEOUT", "120")
-    proc = subprocess.run(
-        [uv_binary(), *args], env=env, capture_output=True, text=True, check=False, cwd=cwd
-    )
-    if proc.returncode != 0:
-        raise RuntimeFailure(code, f"{what}: {useful_uv_line(proc.stderr or proc.stdout)}")
+    return env
+
+
+def _uv(args: list[str], code: str, what: str, cwd: Path) -> None:
+    env = uv_env()
+    returncode, out, err = HELPERS.run([uv_binary(), *args], env=env, cwd=cwd, keep=set(env))
+    if returncode != 0:
+        raise RuntimeFailure(code, f"{what}: {useful_uv_line(err or out)}")
 
 
 def useful_uv_line(output: str) -> str:
@@ -178,10 +286,12 @@ def _requirements_args(req_file: Path, reqs: str, constraints: Path) -> list[str
     return args
 
 
-def _check_requirements(runtimes: Path, reqs: str, constraints: Path, say: Progress) -> None:
+def _check_requirements(
+    runtimes: Path, key: str, reqs: str, constraints: Path, say: Progress
+) -> None:
     """Resolve requirements.txt alone first: a bad one fails in a second, not after a build."""
     say("checking requirements.txt")
-    with tempfile.TemporaryDirectory(prefix=".check-", dir=runtimes) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".check-{key}-", dir=runtimes) as tmp:
         req_file = Path(tmp) / "requirements.txt"
         req_file.write_text(reqs + "\n")
         args = ["pip", "compile", "--python", base_python(), "--no-header"]
@@ -196,6 +306,7 @@ def _build(tmp: Path, version: str, constraints: Path, reqs: str, say: Progress)
         ["venv", "--quiet", "--relocatable", "--python", base_python(), str(tmp)],
         "INSTALL_FAILED",
         "creating the virtualenv failed",
+        cwd=tmp,
     )
     python = str(tmp / "bin" / "python")
     _uv(
@@ -212,6 +323,7 @@ def _build(tmp: Path, version: str, constraints: Path, reqs: str, say: Progress)
         ],
         "INSTALL_FAILED",
         f"installing Airflow {version} failed",
+        cwd=tmp,
     )
     if reqs:
         say("installing requirements.txt")
@@ -229,27 +341,26 @@ def _migrate_template(install: Path) -> None:
     home = install / ".template-home"
     home.mkdir()
     db = install / TEMPLATE_DB
-    env = {
-        "PATH": f"{install / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "HOME": os.environ.get("HOME", str(home)),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}",
-        "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-    }
-    proc = subprocess.run(
-        [str(install / "bin" / "airflow"), "db", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=home,
+    env = inherited_env(home)
+    env.update(
+        {
+            "PATH": f"{install / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}",
+            "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        }
     )
-    shutil.rmtree(home, ignore_errors=True)
-    if proc.returncode != 0:
+    try:
+        returncode, _out, err = HELPERS.run(
+            [str(install / "bin" / "airflow"), "db", "migrate"], env=env, cwd=home
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if returncode != 0:
         raise RuntimeFailure(
-            "INSTALL_FAILED", f"airflow db migrate failed: {useful_error_line(proc.stderr)}"
+            "INSTALL_FAILED", f"airflow db migrate failed: {useful_error_line(err)}"
         )
 
 

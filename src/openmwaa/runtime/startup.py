@@ -4,6 +4,11 @@ As on MWAA the script is run for each kind of component (``scheduler``,
 ``webserver``) with ``MWAA_AIRFLOW_COMPONENT`` telling which; the variables it
 exports are handed to those components. It is sourced and the environment
 printed with ``env -0`` afterwards, so the difference is exactly its exports.
+
+The script is the user's code: it runs with the component environment it is given
+(built from an allow-list, never the server's own), ``HOME`` set to its folder unless
+given, umask 077, in its own process group (killed whole on timeout), and as a helper
+that a stopping server ends at once (``installs.cancel_all``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from openmwaa.runtime.base import RuntimeFailure
+from openmwaa.runtime.children import HELPERS, child_env
 
 STARTUP_TIMEOUT = 300.0
 _SHELL_NOISE = {"_", "SHLVL", "PWD", "OLDPWD", "OPENMWAA_ENV_OUT"}
@@ -31,38 +37,38 @@ def run_startup_script(
 ) -> dict[str, str]:
     """Run ``script``; return the variables it set (minus ``protected`` ones).
 
-    Raises RuntimeFailure("STARTUP_SCRIPT_FAILED", ...) on a non-zero exit or timeout.
+    Raises RuntimeFailure("STARTUP_SCRIPT_FAILED", ...) on a non-zero exit or timeout,
+    Interrupted when the server stops meanwhile.
     """
     with tempfile.NamedTemporaryFile(prefix="startup-env-", dir=cwd, delete=False) as out:
         out_path = Path(out.name)
-    run_env = {**env, "OPENMWAA_ENV_OUT": str(out_path)}
+    given = child_env(env, cwd)
     component = env.get("MWAA_AIRFLOW_COMPONENT", "")
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
+            os.fchmod(log.fileno(), 0o600)
             try:
-                proc = subprocess.run(
+                returncode, _out, _err = HELPERS.run(
                     ["bash", "-c", _WRAPPER, str(script)],
-                    env=run_env,
+                    env={**given, "OPENMWAA_ENV_OUT": str(out_path)},
                     cwd=cwd,
-                    stdin=subprocess.DEVNULL,
+                    keep={"OPENMWAA_ENV_OUT"},
+                    timeout=timeout,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    start_new_session=True,
-                    check=False,
                 )
             except subprocess.TimeoutExpired:
                 raise RuntimeFailure(
                     "STARTUP_SCRIPT_FAILED",
                     f"startup script ({component}) did not finish within {timeout:.0f}s",
                 ) from None
-        if proc.returncode != 0:
+        if returncode != 0:
             lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
             last = f": {lines[-1].strip()[:300]}" if lines else ""
             raise RuntimeFailure(
                 "STARTUP_SCRIPT_FAILED",
-                f"startup script ({component}) exited with code {proc.returncode}{last}",
+                f"startup script ({component}) exited with code {returncode}{last}",
             )
         after = _parse_env0(out_path.read_bytes())
     finally:
@@ -70,7 +76,7 @@ def run_startup_script(
     return {
         k: v
         for k, v in after.items()
-        if env.get(k) != v and k not in _SHELL_NOISE and k not in protected
+        if given.get(k) != v and k not in _SHELL_NOISE and k not in protected
     }
 
 

@@ -1,4 +1,4 @@
-"""Supervised child processes: start, watch, restart with backoff, stop, find orphans.
+"""Supervised child processes: start, watch, restart with backoff, stop (orphans.py finds strays).
 
 Each component runs in its own process group (``start_new_session``) so a stop
 reaches everything it forked (LocalExecutor workers, task processes). Its pid
@@ -6,6 +6,12 @@ and process create time are written to ``<run-dir>/<component>.json``; a
 control plane that was SIGKILLed leaves those behind, and its successor uses
 them (plus the ``OPENMWAA_ENV_DIR`` marker every child inherits) to adopt or
 stop what is still running, so components are never duplicated nor leaked.
+
+Components start with umask 077 and the environment of their spec, minus anything
+copied from the server's own (``children.child_env``), with ``HOME`` set to their
+working folder unless the spec sets it. Their logs rotate by size from the poll
+loop (``logfiles.rotate``). A component that exits ``CRASH_LOOP_EXITS`` times within
+``CRASH_LOOP_WINDOW`` without staying up is reported as ``crash-looping``.
 """
 
 from __future__ import annotations
@@ -19,30 +25,47 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from openmwaa.core.files import write_atomic
+from openmwaa.core.loops import PeriodicLoop
+from openmwaa.runtime import logfiles
+from openmwaa.runtime.children import MARKER, child_env, inherited_env, popen
+from openmwaa.runtime.logfiles import tail
+from openmwaa.runtime.orphans import (
+    STOP_GRACE,
+    marked_processes,
+    read_pidfile,
+    recorded_sessions,
+    terminate,
+)
+
 log = logging.getLogger(__name__)
 
-MARKER = "OPENMWAA_ENV_DIR"
-"""Environment variable naming the environment folder a process belongs to."""
+__all__ = [
+    "MARKER",
+    "STOP_GRACE",
+    "Component",
+    "ComponentSpec",
+    "Supervisor",
+    "inherited_env",
+    "marked_processes",
+    "read_pidfile",
+    "recorded_sessions",
+    "tail",
+    "terminate",
+]
 
-STOP_GRACE = 20.0
-LOG_ROTATE_BYTES = 64 * 1024 * 1024
-"""A component's log is rotated (one old copy kept) when it (re)starts past this size."""
 BACKOFF_MAX = 60.0
 STABLE_AFTER = 120.0
 """A component that ran this long before exiting restarts without backoff history."""
-_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
-
-
-def inherited_env() -> dict[str, str]:
-    """The few variables of this process every component starts with; the rest of its
-    environment (credentials, proxies) stays out of Airflow's."""
-    return {k: os.environ[k] for k in _INHERITED if k in os.environ}
+CRASH_LOOP_EXITS = 3
+CRASH_LOOP_WINDOW = 300.0
+"""Exits within this many seconds, each after a run shorter than STABLE_AFTER, that
+make a component crash-looping."""
 
 
 @dataclass
@@ -67,6 +90,8 @@ class Component:
     restart_at: float | None = None
     restart_on_exit: bool = True
     exit_codes: list[int | None] = field(default_factory=list)
+    exits: list[float] = field(default_factory=list)
+    """When it exited, each after a short run (monotonic); cleared by a stable run."""
     stopping: bool = False
 
     @property
@@ -86,141 +111,33 @@ class Component:
     def returncode(self) -> int | None:
         return self.popen.returncode if self.popen is not None else None
 
+    def crash_looping(self, now: float) -> bool:
+        """Exited CRASH_LOOP_EXITS times within CRASH_LOOP_WINDOW and not up for long since."""
+        recent = [t for t in self.exits if now - t <= CRASH_LOOP_WINDOW]
+        if len(recent) < CRASH_LOOP_EXITS or self.stopping:
+            return False
+        return self.restart_at is not None or now - self.started_at < STABLE_AFTER
+
 
 def _write_json(path: Path, payload: dict[str, object]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
-
-
-def read_pidfile(path: Path) -> tuple[psutil.Process, str] | None:
-    """The still-running process a pid file names (create time checked), with its fingerprint."""
-    try:
-        data = json.loads(path.read_text())
-        proc = psutil.Process(int(data["pid"]))
-        if abs(proc.create_time() - float(data["create_time"])) > 0.5:
-            return None  # the pid was reused by an unrelated process
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc, str(data.get("fingerprint", ""))
-    except (OSError, ValueError, KeyError, psutil.Error):
-        return None
-
-
-def recorded_sessions(run_dir: Path) -> set[int]:
-    """Session ids of the components recorded in ``run_dir`` (alive or not)."""
-    sids = set()
-    for pidfile in run_dir.glob("*.json") if run_dir.is_dir() else []:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            sids.add(int(json.loads(pidfile.read_text())["pid"]))
-    return sids
-
-
-def marked_processes(env_dir: Path, sessions: set[int] | None = None) -> list[psutil.Process]:
-    """Every live process of the environment, at any depth.
-
-    A process belongs to it when it runs in the session of a recorded component
-    (each component leads its own session) or inherited the ``OPENMWAA_ENV_DIR``
-    marker. Both are needed: a process may start its own session, and
-    setproctitle (used by Airflow's API server and task runners) overwrites
-    the memory /proc/<pid>/environ reads.
-    """
-    sessions = sessions if sessions is not None else recorded_sessions(env_dir / "run")
-    found = []
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == me:
-            continue
-        try:
-            if sessions and os.getsid(proc.pid) in sessions:
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-                continue
-            if proc.environ().get(MARKER) == str(env_dir):
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-def terminate(procs: Iterable[psutil.Process], grace: float = STOP_GRACE) -> None:
-    """SIGTERM each process's group and tree, wait, then SIGKILL whatever is left."""
-    roots = [p for p in procs if _running(p)]
-    tree: dict[int, psutil.Process] = {}
-    for root in roots:
-        tree[root.pid] = root
-        with contextlib.suppress(psutil.Error):
-            for child in root.children(recursive=True):
-                tree[child.pid] = child
-    if not tree:
-        return
-    groups = set()
-    sessions = set()
-    for proc in roots:
-        with contextlib.suppress(OSError):
-            groups.add(os.getpgid(proc.pid))
-            if os.getsid(proc.pid) == proc.pid:
-                sessions.add(proc.pid)
-    my_group = os.getpgid(0)
-    for pgid in groups - {my_group}:
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGTERM)
-    for proc in roots:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(roots, timeout=grace)
-    # Roots are gone (or overdue); give the rest of their trees a moment, then kill.
-    others = [p for pid, p in tree.items() if pid not in {r.pid for r in roots}]
-    _, left = psutil.wait_procs([p for p in others if _running(p)], timeout=2)
-    for pgid in groups - {my_group}:
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
-    # Anything still in the components' sessions (new process groups included).
-    strays = [p for p in _in_sessions(sessions) if p.pid not in {q.pid for q in roots}]
-    for proc in [*alive, *left, *strays]:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs([*alive, *left, *strays], timeout=5)
-
-
-def _in_sessions(sessions: set[int]) -> list[psutil.Process]:
-    if not sessions:
-        return []
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        with contextlib.suppress(OSError, psutil.Error):
-            if os.getsid(proc.pid) in sessions and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-    return found
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def tail(path: Path, limit: int = 64_000) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - limit))
-            return fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+    write_atomic(path, json.dumps(payload).encode(), 0o600, durable=False)
 
 
 class Supervisor:
     """Owns the components of every environment, grouped by environment name."""
 
-    def __init__(self, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        poll_interval: float = 0.5,
+        *,
+        log_max_bytes: int = logfiles.LOG_MAX_BYTES,
+        log_keep: int = logfiles.LOG_KEEP,
+    ) -> None:
         self._groups: dict[str, dict[str, Component]] = {}
         self._lock = threading.RLock()
-        self._poll = poll_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PeriodicLoop("supervisor", self._check, poll_interval, max_backoff=5.0)
+        self.log_max_bytes = log_max_bytes
+        self.log_keep = log_keep
 
     # -- starting -------------------------------------------------------------------------
 
@@ -247,21 +164,19 @@ class Supervisor:
     def _spawn(self, comp: Component) -> None:
         spec = comp.spec
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            if spec.log_path.stat().st_size > LOG_ROTATE_BYTES:
-                os.replace(spec.log_path, spec.log_path.with_name(spec.log_path.name + ".1"))
-        with open(spec.log_path, "ab") as logfile:
-            logfile.write(f"\n--- openmwaa: starting {spec.name} at {time.ctime()}\n".encode())
+        logfiles.rotate(spec.log_path, self.log_max_bytes, self.log_keep)
+        fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "ab") as logfile:
+            mark = f"\n{logfiles.START_MARK} {spec.name} at {time.ctime()}\n"
+            logfile.write(mark.encode())
             logfile.flush()
-            comp.popen = subprocess.Popen(
+            comp.popen = popen(
                 spec.argv,
-                env=spec.env,
+                env=child_env(spec.env, spec.cwd),
                 cwd=spec.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
             )
         try:
             comp.proc = psutil.Process(comp.popen.pid)
@@ -284,18 +199,7 @@ class Supervisor:
 
     def _ensure_thread(self) -> None:
         with self._lock:
-            if self._thread and self._thread.is_alive():
-                return
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
-            self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self._poll):
-            try:
-                self._check()
-            except Exception:  # the watcher must survive anything one pass hits
-                log.exception("supervisor pass failed")
+            self._loop.start()
 
     def _check(self) -> None:
         now = time.monotonic()
@@ -303,30 +207,40 @@ class Supervisor:
             comps = [c for group in self._groups.values() for c in group.values()]
         for comp in comps:
             with self._lock:
-                if comp.stopping:
-                    continue
-                if comp.restart_at is not None:
-                    if now >= comp.restart_at:
-                        self._spawn(comp)
-                    continue
-                if comp.alive():
-                    continue
-                code = comp.returncode()
-                comp.exit_codes.append(code)
-                self._reap_group(comp)
-                if not comp.restart_on_exit:
-                    continue
-                if now - comp.started_at > STABLE_AFTER:
-                    comp.restarts = 0
-                delay = min(BACKOFF_MAX, 2.0**comp.restarts) * random.uniform(0.5, 1.5)
-                comp.restarts += 1
-                comp.restart_at = now + delay
-                log.warning("%s exited (code %s); restarting in %.1fs", comp.spec.name, code, delay)
-                with contextlib.suppress(OSError), open(comp.spec.log_path, "ab") as fh:
-                    fh.write(
-                        f"--- openmwaa: {comp.spec.name} exited with code {code}, "
-                        f"restart #{comp.restarts} in {delay:.1f}s\n".encode()
-                    )
+                running = self._check_one(comp, now)
+            if running:  # rotated outside the lock: a copy of a big log takes a moment
+                logfiles.rotate(comp.spec.log_path, self.log_max_bytes, self.log_keep)
+
+    def _check_one(self, comp: Component, now: float) -> bool:
+        """Restart or record an exit of ``comp``; True when it is running."""
+        if comp.stopping:
+            return False
+        if comp.restart_at is not None:
+            if now >= comp.restart_at:
+                self._spawn(comp)
+            return False
+        if comp.alive():
+            return True
+        code = comp.returncode()
+        comp.exit_codes.append(code)
+        self._reap_group(comp)
+        if now - comp.started_at > STABLE_AFTER:
+            comp.restarts = 0
+            comp.exits.clear()
+        else:
+            comp.exits = [t for t in comp.exits if now - t <= CRASH_LOOP_WINDOW] + [now]
+        if not comp.restart_on_exit:
+            return False
+        delay = min(BACKOFF_MAX, 2.0**comp.restarts) * random.uniform(0.5, 1.5)
+        comp.restarts += 1
+        comp.restart_at = now + delay
+        log.warning("%s exited (code %s); restarting in %.1fs", comp.spec.name, code, delay)
+        with contextlib.suppress(OSError), open(comp.spec.log_path, "ab") as fh:
+            fh.write(
+                f"--- openmwaa: {comp.spec.name} exited with code {code}, "
+                f"restart #{comp.restarts} in {delay:.1f}s\n".encode()
+            )
+        return False
 
     def _reap_group(self, comp: Component) -> None:
         """Kill what the dead component left in its process group (e.g. executor workers)."""
@@ -341,10 +255,14 @@ class Supervisor:
             return dict(self._groups.get(group, {}))
 
     def states(self, group: str) -> dict[str, str]:
+        """Component name -> "running", "restarting", "crash-looping", "stopping" or "down"."""
         states = {}
+        now = time.monotonic()
         for name, comp in self.components(group).items():
             if comp.stopping:
                 states[name] = "stopping"
+            elif comp.crash_looping(now):
+                states[name] = "crash-looping"
             elif comp.restart_at is not None:
                 states[name] = "restarting"
             elif comp.alive():
@@ -352,6 +270,28 @@ class Supervisor:
             else:
                 states[name] = "down"
         return states
+
+    def last_log_line(self, group: str, name: str) -> str:
+        """The line of a component's log that says why it failed ("" if unknown): the last
+        exception-looking line of its last run that printed anything."""
+        comp = self.components(group).get(name)
+        if comp is None:
+            return ""
+        return logfiles.useful_line(tail(comp.spec.log_path, 32_000))
+
+    def crash_looping(self, group: str) -> dict[str, str]:
+        """Crash-looping components of ``group`` (workers included) -> why, for a status
+        detail: how often it exited, its last exit code and its log's useful line."""
+        now = time.monotonic()
+        found = {}
+        for name, comp in self.components(group).items():
+            if comp.crash_looping(now):
+                code = comp.exit_codes[-1] if comp.exit_codes else None
+                window = now - comp.exits[0] if comp.exits else 0.0
+                reason = f"{name} exited {len(comp.exits)} times in {window:.0f} s (code {code})"
+                line = self.last_log_line(group, name)
+                found[name] = f"{reason}: {line}" if line else reason
+        return found
 
     def set_restart_on_exit(self, group: str, value: bool) -> None:
         with self._lock:
@@ -411,4 +351,4 @@ class Supervisor:
             t.start()
         for t in threads:
             t.join()
-        self._stop.set()
+        self._loop.stop(timeout=5.0)

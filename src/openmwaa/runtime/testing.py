@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from openmwaa.runtime.base import (
+    AirflowCli,
     EnvironmentSpec,
     Health,
     Progress,
@@ -101,6 +102,9 @@ class ProcessBackend:
         self, spec: EnvironmentSpec, role: str, *, fresh: bool = False
     ) -> tuple[str, str]:
         raise RuntimeFailure("NO_AIRFLOW", "the test backend runs no Airflow")
+
+    def airflow_cli(self, spec: EnvironmentSpec) -> AirflowCli:
+        raise RuntimeFailure("NO_AIRFLOW_CLI", "the test backend runs no Airflow CLI")
 
     def stop(self, spec: EnvironmentSpec) -> None:
         process = self._process(spec)

@@ -96,6 +96,15 @@ class WorkerPool:
             if name.startswith(WORKER_PREFIX)
         }
 
+    def crash_looping(self, group: str) -> dict[str, str]:
+        """Workers of ``group`` that keep exiting soon after start -> why (see
+        ``Supervisor.crash_looping``); health makes the environment UNAVAILABLE for them."""
+        return {
+            name: reason
+            for name, reason in self.supervisor.crash_looping(group).items()
+            if name.startswith(WORKER_PREFIX)
+        }
+
     def counts(self, group: str) -> tuple[int, int]:
         """(workers up, workers running at least one task); draining ones are not counted."""
         up = busy = 0

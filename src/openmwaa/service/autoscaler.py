@@ -10,19 +10,18 @@ stops only workers with no running task, by warm shutdown.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from openmwaa.core.loops import PeriodicLoop
 from openmwaa.runtime.base import Backend, RuntimeFailure, WorkerLoad
 from openmwaa.service.environments import Environments
 from openmwaa.service.worker_hosts import WorkerHosts
 from openmwaa.store.db import Store
+from openmwaa.store.status import SCALED
 
 log = logging.getLogger(__name__)
-
-SCALED_STATUSES = frozenset({"AVAILABLE", "UNAVAILABLE", "UPDATE_FAILED"})
 
 
 @dataclass(frozen=True)
@@ -97,37 +96,29 @@ class Autoscaler:
         self._hosts = hosts
         self._backend = backend
         self._environments = environments
-        self._interval = interval
         self._cooldown = cooldown
         self._enough_since: dict[str, float] = {}
         self._decisions: dict[str, Decision] = {}
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="autoscaler", daemon=True)
+        self._loop = PeriodicLoop(
+            "autoscaler", self.tick, interval, max_backoff=30.0, run_first=False
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self._loop.stop()
 
     def status(self, name: str) -> dict[str, Any] | None:
         """The last decision for ``name`` (None when it has no autoscaled workers)."""
         decision = self._decisions.get(name)
         return asdict(decision) if decision else None
 
-    def _loop(self) -> None:
-        while not self._stopping.wait(self._interval):
-            try:
-                self.tick()
-            except Exception:  # the loop must outlive any one bad pass
-                log.exception("autoscaler pass failed")
-
     def tick(self) -> None:
+        """One pass over every environment (a failing pass is retried with backoff)."""
         names = set()
         for row in self._store.environments():
-            if row.status not in SCALED_STATUSES or row.applied is None:
+            if row.status not in SCALED or row.applied is None:
                 continue
             names.add(row.name)
             spec = self._environments.spec_of(row.name, row.applied)

@@ -22,20 +22,14 @@ from openmwaa.service.classes import CLASSES, DEFAULT_CLASS
 from openmwaa.service.errors import ResourceNotFoundException, ValidationException
 from openmwaa.store.db import Store
 from openmwaa.store.models import EnvironmentRow
+from openmwaa.store.status import DELETABLE, UPDATABLE, Status
 
-LOG_MODULES = {
-    "DagProcessingLogs": "DAGProcessing",
-    "SchedulerLogs": "Scheduler",
-    "WebserverLogs": "WebServer",
-    "WorkerLogs": "Worker",
-    "TaskLogs": "Task",
-}
+LOG_MODULES = ("DagProcessingLogs", "SchedulerLogs", "WebserverLogs", "WorkerLogs", "TaskLogs")
 DEFAULT_LOGGING = {
     module: {"Enabled": module == "TaskLogs", "LogLevel": "INFO"} for module in LOG_MODULES
 }
 MAINTENANCE_WINDOW = re.compile(r"(MON|TUE|WED|THU|FRI|SAT|SUN):([01]\d|2[0-3]):(00|30)")
 DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
-UPDATABLE_STATUSES = ("AVAILABLE", "UPDATE_FAILED", "UNAVAILABLE")
 DEFAULT_PAGE_SIZE = 25
 _S3_PATHS = ("DagS3Path", "PluginsS3Path", "RequirementsS3Path", "StartupScriptS3Path")
 _PLAIN_FIELDS = (
@@ -146,7 +140,7 @@ class Environments:
         row = EnvironmentRow(
             name=name,
             arn=self.arn(name),
-            status="CREATING",
+            status=Status.CREATING,
             created_at=datetime.now(UTC),
             spec=spec,
             applied=None,
@@ -165,11 +159,7 @@ class Environments:
 
     def update(self, name: str, request: Mapping[str, Any]) -> str:
         row = self.row(name)
-        if row.status not in UPDATABLE_STATUSES:
-            raise ValidationException(
-                f"Environment {name} is {row.status}: it can be updated only when "
-                f"{', '.join(UPDATABLE_STATUSES)}. Wait for the current change to finish."
-            )
+        _check_can(row, "updated", UPDATABLE)
         spec = copy.deepcopy(row.spec)
         version = request.get("AirflowVersion")
         if version is not None and version != spec["AirflowVersion"]:
@@ -194,12 +184,16 @@ class Environments:
         changed = self._store.update_environment(
             name,
             expect_generation=row.generation,
-            status="UPDATING",
+            status=Status.UPDATING,
             spec=spec,
             last_update=last_update,
             generation=row.generation + 1,
         )
         if not changed:
+            now = self._store.get_environment(name)
+            if now is None:
+                raise ResourceNotFoundException(f"Environment {name} does not exist.")
+            _check_can(now, "updated", UPDATABLE)
             raise ValidationException(
                 f"Environment {name} changed while this update was checked. Try again."
             )
@@ -208,9 +202,19 @@ class Environments:
 
     def delete(self, name: str) -> None:
         row = self.row(name)
-        if row.status == "DELETING":
-            return
-        self._store.update_environment(name, status="DELETING", generation=row.generation + 1)
+        _check_can(row, "deleted", DELETABLE)
+        if not self._store.update_environment(
+            name,
+            expect_generation=row.generation,
+            status=Status.DELETING,
+            generation=row.generation + 1,
+        ):
+            # Another request changed it since the read: answer for what it is now.
+            now = self._store.get_environment(name)
+            if now is None:
+                raise ResourceNotFoundException(f"Environment {name} does not exist.")
+            _check_can(now, "deleted", DELETABLE)
+            raise ValidationException(f"Environment {name} changed meanwhile. Try again.")
         self._wake()
 
     def get(self, name: str) -> dict[str, Any]:
@@ -273,20 +277,10 @@ class Environments:
         env.update({k: spec[k] for k in _PLAIN_FIELDS if spec.get(k) is not None})
         env["NetworkConfiguration"] = spec["NetworkConfiguration"]
         env["CeleryExecutorQueue"] = spec["CeleryExecutorQueue"]
+        # No CloudWatchLogGroupArn: nothing collects the logs into a group yet, so each module
+        # is shown as the user set it (Enabled, LogLevel), without a log group to look in.
         env["LoggingConfiguration"] = {
-            module: {
-                **settings,
-                **(
-                    {
-                        "CloudWatchLogGroupArn": (
-                            f"arn:aws:logs:{self.region}:{self.account_id}:log-group:"
-                            f"airflow-{row.name}-{LOG_MODULES[module]}"
-                        )
-                    }
-                    if settings["Enabled"]
-                    else {}
-                ),
-            }
+            module: {"Enabled": settings["Enabled"], "LogLevel": settings["LogLevel"]}
             for module, settings in spec["LoggingConfiguration"].items()
         }
         # The endpoint users reach the UI through (Airflow's own port stays on loopback),
@@ -400,6 +394,22 @@ class Environments:
             )
         if errors:
             raise ValidationException(" ".join(errors))
+
+
+def _check_can(row: EnvironmentRow, done: str, statuses: frozenset[Status]) -> None:
+    """Answer at once, as MWAA does, when the environment cannot take the change now."""
+    if row.status in statuses:
+        return
+    if row.status == Status.DELETING:
+        why = "it is being deleted"
+    elif row.status == Status.CREATE_FAILED:
+        why = "its creation failed; delete it and create it again"
+    else:
+        why = "wait for the current change to finish"
+    when = f" It can be {done} when {', '.join(sorted(statuses))}." if len(statuses) < 5 else ""
+    raise ValidationException(
+        f"Environment {row.name} is {row.status} and cannot be {done} now: {why}.{when}"
+    )
 
 
 def _merge_logging(spec: dict[str, Any], request: Mapping[str, Any] | None) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import secrets
 import string
-import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ ADMIN_POLICY: dict[str, Any] = {
     "Statement": [{"Effect": "Allow", "Action": "airflow:*", "Resource": "*"}],
 }
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
-_CACHE_SECONDS = 2.0
-"""How long a key looked up once is trusted: a deleted key stops working within this."""
+MAX_KEY_ID = 128
+"""AWS's limit for an access key id; a longer one is unknown without a store read."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,6 @@ class Identities:
     def __init__(self, store: Store, account_id: str) -> None:
         self._store = store
         self._account_id = account_id
-        self._cache: dict[str, tuple[float, Caller | None]] = {}
-        self._lock = threading.Lock()
 
     def user_arn(self, user_name: str) -> str:
         return f"arn:aws:iam::{self._account_id}:user/{user_name}"
@@ -106,29 +103,30 @@ class Identities:
         ]
 
     def delete_key(self, access_key_id: str) -> bool:
-        with self._lock:
-            self._cache.pop(access_key_id, None)
         return self._store.delete_key(access_key_id)
 
     def caller(self, access_key_id: str) -> Caller | None:
-        """The holder of a key, or None for an unknown key (cached for a moment)."""
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(access_key_id)
-        if hit is not None and now - hit[0] < _CACHE_SECONDS:
-            return hit[1]
+        """The holder of a key, or None for an unknown key.
+
+        Read from the store on every call, never cached: a key deleted by
+        ``openmwaa keys delete`` (another process) stops working at once. A blocking
+        read: the API calls it in a worker thread, never on the event loop.
+        """
+        if not access_key_id or len(access_key_id) > MAX_KEY_ID:
+            return None
         row = self._store.get_key(access_key_id)
-        caller = None
-        if row is not None:
-            caller = Caller(
-                access_key_id=row.access_key_id,
-                user_name=row.user_name,
-                arn=self.user_arn(row.user_name),
-                secret_access_key=row.secret_access_key,
-                policies=(parse_policy(row.policy),),
-            )
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[access_key_id] = (now, caller)
-        return caller
+        if row is None:
+            return None
+        return Caller(
+            access_key_id=row.access_key_id,
+            user_name=row.user_name,
+            arn=self.user_arn(row.user_name),
+            secret_access_key=row.secret_access_key,
+            policies=(_policy(json.dumps(row.policy, sort_keys=True)),),
+        )
+
+
+@lru_cache(maxsize=1024)
+def _policy(document: str) -> Policy:
+    """Parsed once per distinct document: keys are read on every request."""
+    return parse_policy(document)

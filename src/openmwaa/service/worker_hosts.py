@@ -22,6 +22,7 @@ from openmwaa.runtime.base import Backend, WorkerBundle
 from openmwaa.service.environments import Environments
 from openmwaa.service.errors import ValidationException
 from openmwaa.service.identity import Caller
+from openmwaa.store.status import JOINABLE
 
 ACTION = "RunWorkers"
 """``airflow:RunWorkers`` on the environment's ARN lets a key run its workers elsewhere."""
@@ -30,7 +31,6 @@ HOST_TIMEOUT = 15.0
 REPORT_INTERVAL = 2.0
 MAX_HOST_WORKERS = 25
 """MWAA's MaxWorkers cap: no host is asked for more."""
-JOINABLE = frozenset({"AVAILABLE", "UPDATING", "UNAVAILABLE"})
 
 
 @dataclass
@@ -107,7 +107,11 @@ class WorkerHosts:
             if entry is None:
                 entry = hosts[host] = RemoteHost(host, 0, 0, 0, joined=now, seen=now)
             entry.limit = max(0, min(limit, MAX_HOST_WORKERS))
-            entry.workers, entry.busy, entry.seen = workers, busy, now
+            # A host runs at most its own --max-workers: a larger count (a bug, or a key
+            # holder lying) must not make the autoscaler give up this host's workers.
+            entry.workers = min(workers, entry.limit)
+            entry.busy = min(busy, entry.workers)
+            entry.seen = now
             assigned = min(entry.assigned, entry.limit)
         return {
             "DesiredWorkers": assigned,

@@ -8,6 +8,7 @@ loses nothing that was acknowledged.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -25,7 +26,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from openmwaa.store import status as statuses
 from openmwaa.store.models import AccessKeyRow, EnvironmentRow, TokenRow
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _ENVIRONMENTS = EnvironmentRow.__table__
@@ -150,7 +154,12 @@ class Store:
             return list(s.scalars(select(EnvironmentRow).order_by(EnvironmentRow.name)))
 
     def insert_environment(self, row: EnvironmentRow) -> bool:
-        """Insert unless the name is taken; False when it is (checked in one transaction)."""
+        """Insert unless the name is taken; False when it is (checked in one transaction).
+
+        Raises IllegalTransition unless ``row.status`` is one an environment starts in.
+        """
+        _checked(row.name, None, row.status)
+        row.status = str(row.status)
         try:
             with self.session() as s:
                 if s.get(EnvironmentRow, row.name, with_for_update=not self.is_sqlite) is not None:
@@ -165,13 +174,35 @@ class Store:
     def update_environment(
         self, name: str, *, expect_generation: int | None = None, **values: Any
     ) -> bool:
-        """Compare-and-set: applies only while the generation is the one expected."""
+        """Compare-and-set: applies only while the generation is the one expected.
+
+        A new ``status`` must be reachable from the current one (``status.TRANSITIONS``):
+        the check and the write are one UPDATE, and a refused move raises IllegalTransition
+        (logged) rather than being written. False when the row is gone or newer.
+        """
         query = update(EnvironmentRow).where(EnvironmentRow.name == name)
         if expect_generation is not None:
             query = query.where(EnvironmentRow.generation == expect_generation)
+        wanted = values.get("status")
+        if wanted is not None:
+            wanted = values["status"] = str(wanted)  # the text, not the enum, to any driver
+            query = query.where(EnvironmentRow.status.in_(_texts(statuses.sources(wanted))))
         try:
-            with self.session() as s:
-                return bool(s.execute(query.values(**values)).rowcount)  # type: ignore[attr-defined]
+            for _attempt in range(3):
+                with self.session() as s:
+                    if s.execute(query.values(**values)).rowcount:  # type: ignore[attr-defined]
+                        return True
+                if wanted is None:
+                    return False
+                found = self.environment_state(name)
+                if found is None or (
+                    expect_generation is not None and found.generation != expect_generation
+                ):
+                    return False
+                if not statuses.allowed(found.status, wanted):
+                    _checked(name, found.status, wanted)
+                # the status changed between the write and this read: try again
+            return False
         finally:
             self._environment_written()
 
@@ -192,10 +223,22 @@ class Store:
         return True
 
     def delete_environment(self, name: str) -> None:
+        """Remove a DELETING environment's row (it is DELETED); IllegalTransition otherwise."""
+        deleted = statuses.Status.DELETED
         try:
             with self.session() as s:
-                s.execute(delete(EnvironmentRow).where(EnvironmentRow.name == name))
-                s.execute(delete(TokenRow).where(TokenRow.environment == name))
+                gone = s.execute(
+                    delete(EnvironmentRow).where(
+                        EnvironmentRow.name == name,
+                        EnvironmentRow.status.in_(_texts(statuses.sources(deleted))),
+                    )
+                ).rowcount  # type: ignore[attr-defined]
+                if gone:
+                    s.execute(delete(TokenRow).where(TokenRow.environment == name))
+            if not gone:
+                found = self.environment_state(name)
+                if found is not None:
+                    _checked(name, found.status, deleted)
         finally:
             self._environment_written()
 
@@ -242,6 +285,19 @@ class Store:
     def purge_tokens(self, now: datetime) -> None:
         with self.session() as s:
             s.execute(delete(TokenRow).where(TokenRow.expires_at <= now))
+
+
+def _texts(found: frozenset[statuses.Status]) -> list[str]:
+    return sorted(s.value for s in found)
+
+
+def _checked(name: str, current: str | None, wanted: str) -> None:
+    """Refuse an illegal status move loudly: it is a bug in the caller, never user input."""
+    try:
+        statuses.check(name, current, wanted)
+    except statuses.IllegalTransition:
+        log.error("refused to write: %s", statuses.IllegalTransition(name, current, wanted))
+        raise
 
 
 def secure_file(path: Path) -> None:
