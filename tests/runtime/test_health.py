@@ -109,3 +109,14 @@ def test_environment_broker_and_crash_looping_workers(redis_url: str, tmp_path: 
         assert "stale-password" not in health.detail and PASSWORD not in health.detail
     finally:
         backend.shutdown()
+
+
+def test_amqp_broker_check_logs_in() -> None:
+    """RabbitMQ: a PLAIN login up to Connection.Tune; wrong credentials are refused."""
+    good = "amqp://guest:guest@127.0.0.1:5672//"
+    if not _listening(5672):
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    celery.check_broker(good)
+    with pytest.raises(RuntimeFailure, match="refused the URL's credentials") as failure:
+        celery.check_broker(good.replace("guest@", "not-the-password@"))
+    assert "not-the-password" not in str(failure.value)
