@@ -103,6 +103,7 @@ async def run_command(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        umask=0o077,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT)

@@ -17,9 +17,7 @@ import httpx
 
 from openmwaa.runtime.base import AirflowCli, EnvironmentSpec, RuntimeFailure
 from openmwaa.runtime.config import ROLES
-from openmwaa.runtime.local.components import component_env
 from openmwaa.runtime.local.context import Context
-from openmwaa.runtime.local.prepare import prepare
 from openmwaa.runtime.local.state import load_secrets
 
 TOKEN_MARGIN = 300.0
@@ -86,19 +84,6 @@ def airflow_cli(ctx: Context, spec: EnvironmentSpec) -> AirflowCli:
         cwd=scheduler.spec.cwd,
         definition=cli_definition(airflow.parent.parent),
     )
-
-
-def airflow_env(ctx: Context, spec: EnvironmentSpec) -> tuple[Path, dict[str, str]]:
-    """(``airflow`` binary, environment) to run Airflow CLI commands for ``spec``.
-
-    The scheduler's own environment when running (startup-script exports included).
-    Superseded by ``airflow_cli``.
-    """
-    scheduler = ctx.supervisor.components(spec.name).get("scheduler")
-    if scheduler is not None:
-        return Path(scheduler.spec.argv[0]), dict(scheduler.spec.env)
-    prepared = prepare(ctx, spec, lambda _line: None)
-    return prepared.install / "bin" / "airflow", component_env(ctx, prepared)
 
 
 def jwt_expiry(token: str) -> float:

@@ -200,10 +200,6 @@ class LocalBackend:
     def airflow_cli(self, spec: EnvironmentSpec) -> AirflowCli:
         return access.airflow_cli(self.ctx, spec)
 
-    def airflow_env(self, spec: EnvironmentSpec) -> tuple[Path, dict[str, str]]:
-        """Superseded by ``airflow_cli``; kept until service/endpoint.py moves to it."""
-        return access.airflow_env(self.ctx, spec)
-
     def destroy(self, spec: EnvironmentSpec, progress: Progress) -> None:
         say = self._guarded(progress)
         env = self.ctx.env(spec.name)
