@@ -7,12 +7,18 @@ the DAG and plugin folders, and then reports its workers every few seconds.
 Each answer says how many workers this host should run; the agent starts
 them, or stops idle ones by warm shutdown, with the same worker pool and
 supervisor the control plane uses for its own workers. Tasks reach Airflow's
-execution API through the control plane's API port.
+execution API through the control plane's API port, at a URL holding the
+environment's relay secret from the bundle.
+
+The bundle carries credentials (the broker's and the database's, the relay
+secret), so the agent talks plain HTTP only to a loopback address, or when told
+``--insecure``.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import threading
@@ -21,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from botocore.auth import SigV4Auth
@@ -51,6 +58,37 @@ REPORT_INTERVAL = 2.0
 RETRY_MAX = 30.0
 """While the control plane cannot be reached, reports back off up to this many seconds
 (workers keep running their tasks meanwhile)."""
+
+
+class InsecureServer(ValueError):
+    """A server URL ``openmwaa worker`` will not send its credentials to, and why."""
+
+
+def check_server_url(url: str, *, insecure: bool = False) -> None:
+    """Refuse a server URL that would expose the bundle's credentials on the network:
+    ``https://`` always passes, ``http://`` only to a loopback address or with ``insecure``."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme != "http" or not parts.hostname:
+        raise InsecureServer(f"--server must be an https:// (or http://) URL, not {url!r}.")
+    if insecure or _loopback(parts.hostname):
+        return
+    raise InsecureServer(
+        f"refusing plain http:// to {parts.hostname}, which is not this host: the bundle "
+        "carries the environment's broker and database credentials and its relay secret, "
+        "readable by anyone on the way. Serve the control plane over TLS (an https:// URL, "
+        "e.g. through a reverse proxy) or, on a network you trust, pass --insecure."
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ControlPlaneError(Exception):
@@ -178,7 +216,7 @@ class WorkerAgent:
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.home / "plugins"),
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": (
-                    f"{self.cp.base}{PREFIX}{self.environment}/execution/"
+                    f"{self.cp.base}{PREFIX}{self.environment}/execution/{bundle['RelaySecret']}/"
                 ),
                 MARKER: str(self.dir),
             }

@@ -68,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
                 public_host=args.public_host,
                 airflow_database_url=args.airflow_database_url,
                 broker_url=args.broker_url,
+                rabbitmq_management_url=args.rabbitmq_management_url,
                 scale_in_cooldown=args.scale_in_cooldown,
             )
         )
@@ -152,9 +153,15 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     """What the reconciler is doing with each environment, from the store."""
+    from openmwaa.runtime import exposure
     from openmwaa.server import open_store
 
-    rows = open_store(_settings(args)).environments()
+    settings = _settings(args)
+    rows = open_store(settings).environments()
+    # What the server found at start about its admin accounts (on stderr with --json).
+    warnings = Console(stderr=args.json)
+    for finding in exposure.load(settings.data_dir):
+        warnings.print(f"[bold red]Warning:[/] {finding}", soft_wrap=True)
     if args.json:
         print(json.dumps([{"Name": r.name, "Status": r.status, "Detail": r.detail} for r in rows]))
         return 0
@@ -212,8 +219,13 @@ def _worker(args: argparse.Namespace) -> int:
     import socket
     import threading
 
-    from openmwaa.agent import ControlPlane, WorkerAgent
+    from openmwaa.agent import ControlPlane, InsecureServer, WorkerAgent, check_server_url
 
+    try:
+        check_server_url(args.server, insecure=args.insecure)
+    except InsecureServer as exc:
+        console.print(f"[red]Not connecting[/]: {escape(str(exc))}")
+        return 2
     logging.basicConfig(
         level=logging.INFO,
         format="%(name)s: %(message)s",
@@ -297,6 +309,14 @@ def parser() -> argparse.ArgumentParser:
         "CeleryExecutor with workers autoscaled between MinWorkers and MaxWorkers",
     )
     serve.add_argument(
+        "--rabbitmq-management-url",
+        default=os.environ.get("OPENMWAA_RABBITMQ_MANAGEMENT_URL"),
+        help="with an amqp:// --broker-url: its management API, "
+        "http://USER:PASSWORD@HOST:15672 (an administrator), where each environment gets "
+        "a virtual host and user of its own; without it environments share the broker "
+        "URL's account",
+    )
+    serve.add_argument(
         "--scale-in-cooldown",
         type=float,
         default=defaults.SCALE_IN_COOLDOWN,
@@ -341,7 +361,7 @@ def parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=None, help="where installs and DAG copies live"
     )
     worker.set_defaults(database_url=None)
-    worker.add_argument("--server", required=True, help="the control plane, e.g. http://h:8787")
+    worker.add_argument("--server", required=True, help="the control plane, e.g. https://h:8787")
     worker.add_argument("--environment", required=True, help="the environment's name")
     worker.add_argument(
         "--max-workers",
@@ -351,6 +371,12 @@ def parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--name", default=None, help="this host's name (default: its hostname)")
     worker.add_argument("--region", default=None, help="default: $AWS_DEFAULT_REGION or us-east-1")
+    worker.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plain http:// server that is not on loopback (the bundle it sends "
+        "carries credentials: use only on a network you trust)",
+    )
     worker.set_defaults(func=_worker)
 
     demo = commands.add_parser("demo", help="start the server with a demo environment")

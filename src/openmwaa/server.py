@@ -24,6 +24,7 @@ from openmwaa.api.provider import MwaaProvider
 from openmwaa.api.serving import uvicorn_config
 from openmwaa.api.workers import WorkerRoutes
 from openmwaa.instance import InstanceLock
+from openmwaa.runtime import exposure
 from openmwaa.runtime.base import Backend
 from openmwaa.runtime.config import refused_config_keys
 from openmwaa.service.autoscaler import Autoscaler
@@ -223,6 +224,12 @@ def _serve_locked(settings: Settings) -> None:
     # switch interval would add up to that much to a request that waits behind them.
     sys.setswitchinterval(0.0005)
     plane = build(settings)
+    # Admin accounts anyone on this host can use would undo the environments' separation.
+    local = settings.backend == "local"
+    findings = exposure.check(settings.airflow_database_url, settings.broker_url) if local else []
+    for finding in findings:
+        log.warning("%s", finding)
+    exposure.save(settings.data_dir, findings)
     plane.identities.ensure_admin_key(admin_key_path(settings.data_dir))
     write_server_file(settings)
     plane.reconciler.start()

@@ -47,6 +47,11 @@ class Settings:
     broker_url: str | None = None
     """Redis or RabbitMQ URL: with ``airflow_database_url``, environments run CeleryExecutor
     workers that autoscale between MinWorkers and MaxWorkers."""
+    rabbitmq_management_url: str | None = None
+    """``http://USER:PASSWORD@HOST:15672`` of an amqp:// broker's management API: each
+    environment gets a virtual host and user of its own there. Without it, environments
+    on RabbitMQ share the broker URL's account (logged at start). Redis needs nothing:
+    its ACL users are made with the broker URL."""
     scale_in_cooldown: float = SCALE_IN_COOLDOWN
     """Seconds of lower load before the autoscaler removes workers."""
     bucket_store: str = "local"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from live_server import POSTGRES_ADMIN, Server, wait_for
 from netns_support import Forwarder, Link, second_host
@@ -118,6 +119,7 @@ def start_agent(s: Setup) -> subprocess.Popen[bytes]:
         s.link.exec_argv(
             sys.executable, "-m", "openmwaa", "worker",
             "--server", f"http://{s.link.host_ip}:{s.server.port}",
+            "--insecure",  # plain HTTP to a host that is not loopback: refused without it
             "--environment", NAME,
             "--name", "far",
             "--max-workers", "1",
@@ -152,12 +154,18 @@ def test_workers_need_a_key_allowed_to_run_them(s: Setup) -> None:
     bad = ControlPlane(s.server.endpoint, key["AccessKeyId"], "not-the-secret", "us-east-1")
     with pytest.raises(ControlPlaneError) as forged:
         bad.call("GET", f"{NAME}/bundle")
-    assert forged.value.code == "AccessDeniedException"
+    assert forged.value.code == "InvalidSignatureException"
     bundle = ControlPlane(s.server.endpoint, **_admin(s)).call("GET", f"{NAME}/bundle").json()
     # What only the API server needs never leaves the control plane.
-    for secret in ("JWT_SECRET", "SECRET_KEY", "FERNET_KEY"):
+    for secret in ("JWT_SECRET", "SECRET_KEY", "FERNET_KEY", "RELAY_SECRET"):
         assert not [k for k in bundle["Environment"] if k.endswith(secret)], secret
     assert bundle["Environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    # The execution relay reaches this environment's Airflow only with its relay secret.
+    relay = f"{s.server.endpoint}/openmwaa/workers/{NAME}/execution"
+    healthy = httpx.get(f"{relay}/{bundle['RelaySecret']}/health", timeout=60)
+    assert healthy.json() == {"status": "healthy"}, healthy.text
+    for wrong in (f"{relay}/health", f"{relay}/{'0' * 64}/health"):
+        assert httpx.get(wrong).status_code == 403
 
 
 def _admin(s: Setup) -> dict[str, str]:

@@ -13,10 +13,11 @@ import pytest
 from service_support import REQUEST, FakeBackend, make_environments, make_store
 
 from openmwaa.runtime import bundles
-from openmwaa.service.errors import ValidationException
+from openmwaa.runtime.base import EnvironmentSpec, WorkerBundle
+from openmwaa.service.errors import ServiceUnavailableException, ValidationException
 from openmwaa.service.identity import ADMIN_POLICY, Caller
 from openmwaa.service.policies import parse_policy
-from openmwaa.service.worker_hosts import MAX_HOST_WORKERS, RemoteHost, WorkerHosts
+from openmwaa.service.worker_hosts import MAX_HOST_WORKERS, RelayRefused, RemoteHost, WorkerHosts
 from openmwaa.store.db import Store
 
 
@@ -102,7 +103,13 @@ def test_portable_settings_leave_host_paths_and_signing_keys_behind() -> None:
         "AIRFLOW__CELERY__BROKER_URL": "redis://h:6379/0",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:1/execution/",
     }
-    assert bundles.portable_env(env) == {"AIRFLOW__CELERY__BROKER_URL": "redis://h:6379/0"}
+    portable = bundles.portable_env(env)
+    relay = portable.pop(bundles.RELAY_SECRET)
+    assert portable == {"AIRFLOW__CELERY__BROKER_URL": "redis://h:6379/0"}
+    # Derived from the environment's own signing key: stable, and its own per key.
+    assert relay == bundles.relay_secret(env) and len(relay) == 64
+    other = bundles.relay_secret({**env, "AIRFLOW__API_AUTH__JWT_SECRET": "t"})
+    assert other != relay
 
 
 # -- against a real store: statuses and reports ------------------------------------------
@@ -161,3 +168,72 @@ def test_reported_workers_are_capped_by_the_hosts_own_limit(tmp_path: Path) -> N
     (entry,) = hosts.live("e")
     assert (entry.limit, entry.workers, entry.busy) == (MAX_HOST_WORKERS, MAX_HOST_WORKERS, 1)
     store.close()
+
+
+# -- the execution relay's secret ---------------------------------------------------------
+
+
+class RelayBackend(FakeBackend):
+    """Celery environments whose bundles carry a relay secret of their own (as the local
+    backend's, derived from each one's JWT-signing key); ``running`` as FakeBackend's."""
+
+    def worker_bundle(self, spec: EnvironmentSpec) -> WorkerBundle | None:
+        bundle = super().worker_bundle(spec)
+        if bundle is None or spec.name not in self.running:
+            return None
+        env = {"AIRFLOW__API_AUTH__JWT_SECRET": f"jwt-of-{spec.name}", "X": "1"}
+        return WorkerBundle(**{**vars(bundle), "env": bundles.portable_env(env)})
+
+
+def secret_of(name: str) -> str:
+    secret = bundles.relay_secret({"AIRFLOW__API_AUTH__JWT_SECRET": f"jwt-of-{name}"})
+    assert secret is not None
+    return secret
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Any:
+    store = make_store(tmp_path)
+    envs = make_environments(store)
+    backend = RelayBackend()
+    for name in ("a", "b"):
+        envs.create(name, REQUEST)
+        row = store.get_environment(name)
+        assert row is not None
+        store.update_environment(name, status="AVAILABLE", applied=row.spec)
+        backend.running.add(name)
+    yield WorkerHosts(backend, envs), backend
+    store.close()
+
+
+def test_the_relay_needs_the_environments_own_secret(relay: Any) -> None:
+    hosts, _backend = relay
+    assert hosts.relay_target("b", secret_of("b")) == "http://127.0.0.1:1/execution/"
+    assert secret_of("a") != secret_of("b")
+    for wrong in (secret_of("a"), "", secret_of("b")[:-1], secret_of("b") + "0"):
+        with pytest.raises(RelayRefused):
+            hosts.relay_target("b", wrong)
+    # An unknown environment is refused like a wrong secret: nothing tells it apart.
+    with pytest.raises(RelayRefused):
+        hosts.relay_target("nosuchenv", secret_of("b"))
+
+
+def test_a_stopped_environment_keeps_its_secret(relay: Any) -> None:
+    """While Airflow restarts, its tasks get a 503 (which they retry), others still a 403."""
+    hosts, backend = relay
+    hosts.relay_target("b", secret_of("b"))
+    backend.running.discard("b")
+    with pytest.raises(ServiceUnavailableException):
+        hosts.relay_target("b", secret_of("b"))
+    with pytest.raises(RelayRefused):
+        hosts.relay_target("b", secret_of("a"))
+    hosts.forget("b")  # deleted: its secret goes too
+    with pytest.raises(RelayRefused):
+        hosts.relay_target("b", secret_of("b"))
+
+
+def test_worker_hosts_get_the_relay_secret_apart_from_the_settings(relay: Any) -> None:
+    hosts, _backend = relay
+    bundle = hosts.bundle(_admin(), "b")
+    assert bundle["RelaySecret"] == secret_of("b")
+    assert bundle["Environment"] == {"X": "1"}

@@ -2,11 +2,14 @@
 
 ``/openmwaa/workers/{name}/bundle`` (GET), ``/files`` (GET) and ``/report``
 (POST) are SigV4-signed like every MWAA call and allowed by
-``airflow:RunWorkers`` on the environment. ``/openmwaa/workers/{name}/execution/...``
-passes a task's calls on to the environment's Airflow execution API, whose own
-check (the task's JWT, issued by the scheduler for that one task) guards it:
-the environment's ports stay on loopback, workers on other hosts reach
-Airflow through here.
+``airflow:RunWorkers`` on the environment. ``/openmwaa/workers/{name}/execution/{secret}/...``
+passes a task's calls on to the environment's Airflow execution API: the environment's
+ports stay on loopback, workers on other hosts reach Airflow through here. Two checks
+guard it: the environment's relay secret in the path (given to its worker hosts in the
+signed bundle, compared here in constant time), and the task's JWT (issued by the
+scheduler for that one task, checked by Airflow). A token taken from another
+environment's broker messages is refused without that environment's secret, and one
+environment's secret opens no other environment.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from openmwaa.api import protocol
 from openmwaa.api.asgi import HOP_BY_HOP
 from openmwaa.service.errors import ServiceError, ValidationException
 from openmwaa.service.identity import Caller
-from openmwaa.service.worker_hosts import WorkerHosts
+from openmwaa.service.worker_hosts import RelayRefused, WorkerHosts
 
 PREFIX = "/openmwaa/workers/"
 MAX_BODY = 16 * 1024 * 1024
@@ -31,6 +34,8 @@ EXECUTION_TIMEOUT = 60.0
 _NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"content-encoding", b"accept-encoding"}
 """Connection headers, and what the relay sets itself: the length of what it sends, and
 no compression (httpx decodes what it receives)."""
+_JSON = [("content-type", "application/json")]
+_UNREACHABLE = b'{"detail":"the environment\'s execution API is not reachable"}'
 
 
 def is_worker_path(path: str) -> bool:
@@ -75,24 +80,30 @@ class WorkerRoutes:
     async def execution(
         self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes
     ) -> protocol.Response:
-        """Relay a task's call (see :func:`is_execution_call`) to its environment's Airflow."""
-        name, _, rest = path[len(PREFIX) :].partition("/")
-        rest = rest.partition("/")[2]
+        """Relay a task's call (see :func:`is_execution_call`) to its environment's Airflow.
+
+        A wrong or missing secret and an unknown environment get the same 403, so a caller
+        without the secret learns nothing about which environments exist.
+        """
+        name, _, secret, rest = (path[len(PREFIX) :].split("/", 3) + ["", ""])[:4]
         segments = unquote(rest).split("/")
         if rest.startswith("/") or any(s in (".", "..") for s in segments):
-            return 400, [("content-type", "application/json")], b'{"detail":"bad path"}'
+            return 400, _JSON, b'{"detail":"bad path"}'
         try:
-            base = await to_thread.run_sync(self._hosts.execution_api_url, name)
+            base = await to_thread.run_sync(self._hosts.relay_target, name, secret)
+        except RelayRefused:
+            return 403, _JSON, b'{"detail":"Forbidden"}'
+        except ServiceError:
+            return 503, _JSON, _UNREACHABLE
+        try:
             response = await self._http.request(
                 method,
                 base + rest + (f"?{query}" if query else ""),
                 headers=[(k, v) for k, v in headers if k.lower().encode() not in _NOT_RELAYED],
                 content=body,
             )
-        except (ServiceError, httpx.HTTPError):
-            # Unauthenticated callers learn nothing about which environments exist.
-            detail = b'{"detail":"the environment\'s execution API is not reachable"}'
-            return 503, [("content-type", "application/json")], detail
+        except httpx.HTTPError:
+            return 503, _JSON, _UNREACHABLE
         out = [
             (k, v) for k, v in response.headers.items() if k.lower().encode() not in _NOT_RELAYED
         ]

@@ -34,6 +34,7 @@ def make_backend(settings: Settings) -> Backend:
             bucket_store=settings.bucket_store,
             airflow_database_url=settings.airflow_database_url,
             broker_url=settings.broker_url,
+            rabbitmq_management_url=settings.rabbitmq_management_url,
         )
     # Other backends ("test": runtime/testing.py, later "kubernetes") are added here.
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -10,6 +10,7 @@ fetch again without sending the files each time.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import os
 import shutil
@@ -52,9 +53,30 @@ worker host never gets them."""
 _SKIPPED_DIRS = frozenset({"__pycache__"})
 
 
+RELAY_SECRET = "OPENMWAA_RELAY_SECRET"
+"""Not an Airflow setting: the bundle's place for the environment's execution-relay secret,
+which worker hosts put in the relay URL of their tasks (service/worker_hosts.py hands it
+over as the bundle's ``RelaySecret`` and checks it on every relayed call)."""
+_RELAY_LABEL = b"openmwaa execution relay v1"
+
+
+def relay_secret(env: Mapping[str, str]) -> str | None:
+    """The environment's relay secret: an HMAC of its JWT-signing key, so it is made once
+    with the environment, kept with its other secrets, and tells nothing about that key."""
+    key = env.get("AIRFLOW__API_AUTH__JWT_SECRET")
+    if not key:
+        return None
+    return hmac.new(key.encode(), _RELAY_LABEL, hashlib.sha256).hexdigest()
+
+
 def portable_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The part of a component environment a worker on another host can use as it is."""
-    return {k: v for k, v in env.items() if k not in HOST_KEYS and k not in SERVER_SECRETS}
+    """The part of a component environment a worker on another host can use as it is,
+    and the environment's relay secret (``RELAY_SECRET``)."""
+    portable = {k: v for k, v in env.items() if k not in HOST_KEYS and k not in SERVER_SECRETS}
+    secret = relay_secret(env)
+    if secret is not None:
+        portable[RELAY_SECRET] = secret
+    return portable
 
 
 def _files(folders: Mapping[str, Path]) -> Iterator[tuple[str, Path]]:

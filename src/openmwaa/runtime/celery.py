@@ -2,7 +2,8 @@
 
 Every environment has its own broker queue (the name MWAA shows as
 ``CeleryExecutorQueue``) and, on Redis, its own key prefix, so environments
-sharing one broker never take each other's tasks. Workers are ``airflow celery
+sharing one broker never take each other's tasks; its own broker account
+(``runtime/brokers``) keeps it from reading theirs. Workers are ``airflow celery
 worker`` processes; what they are doing is read from the environment's own
 metadata database and process tree, never guessed.
 """
@@ -20,6 +21,9 @@ import psutil
 from openmwaa.runtime.base import RuntimeFailure
 from openmwaa.runtime.children import HELPERS, inherited_env
 
+CREDENTIALS_REFUSED = "BROKER_CREDENTIALS_REFUSED"
+"""RuntimeFailure code of a broker that answers but refuses the URL's account (or its
+RabbitMQ virtual host): what an environment's account that went missing looks like."""
 WORKER_PREFIX = "worker-"
 """Supervised worker components are named ``worker-1``, ``worker-2``, ..."""
 _DEFAULT_PORTS = {"redis": 6379, "rediss": 6380, "amqp": 5672, "amqps": 5671, "pyamqp": 5672}
@@ -71,7 +75,9 @@ def check_broker(url: str, timeout: float = 3.0) -> None:
             "start it or fix the broker URL",
         ) from exc
     if problem:
-        raise RuntimeFailure("BROKER_UNREACHABLE", f"the Celery broker {redacted(url)} {problem}")
+        refused = problem.startswith(("refused the URL's", "needs a password"))
+        code = CREDENTIALS_REFUSED if refused else "BROKER_UNREACHABLE"
+        raise RuntimeFailure(code, f"the Celery broker {redacted(url)} {problem}")
 
 
 def _resp(*args: str) -> bytes:
@@ -126,7 +132,8 @@ def _amqp_frame(sock: socket.socket) -> tuple[int, int, bytes] | None:
 
 
 def _amqp_login(sock: socket.socket, url: str) -> str | None:
-    """None when an AMQP 0-9-1 broker takes the URL's credentials (default guest)."""
+    """None when an AMQP 0-9-1 broker takes the URL's credentials (default guest) and
+    opens its virtual host (default ``/``) to them."""
     sock.sendall(b"AMQP\x00\x00\x09\x01")
     start = _amqp_frame(sock)
     if start is None or start[:2] != (10, 10):  # Connection.Start
@@ -149,11 +156,42 @@ def _amqp_login(sock: socket.socket, url: str) -> str | None:
     except OSError:
         answer = None  # RabbitMQ closes the connection (or says nothing) on a failed login
     if answer is not None and answer[:2] == (10, 30):  # Connection.Tune: logged in
-        return None
+        return _amqp_open(sock, answer[2], unquote(parts.path[1:]) or "/")
     if answer is not None and answer[:2] == (10, 50) and len(answer[2]) >= 3:  # Close
-        text = answer[2][3 : 3 + answer[2][2]].decode(errors="replace")
-        return f"refused the URL's credentials ({text[:200]}); fix them in the broker URL"
+        return (
+            f"refused the URL's credentials ({_close_text(answer[2])}); fix them in the broker URL"
+        )
     return "refused the URL's credentials; fix them in the broker URL"
+
+
+def _close_text(args: bytes) -> str:
+    """The reply text of a Connection.Close (reply code, then a short string)."""
+    return args[3 : 3 + args[2]].decode(errors="replace")[:200] if len(args) >= 3 else ""
+
+
+def _amqp_open(sock: socket.socket, tune: bytes, vhost: str) -> str | None:
+    """After Tune: TuneOk and Connection.Open of the virtual host; None once it is open."""
+    channel_max, frame_max = struct.unpack(">HI", tune[:6]) if len(tune) >= 6 else (0, 131072)
+    tune_ok = struct.pack(">HHHIH", 10, 31, channel_max, frame_max, 0)
+    name = vhost.encode()[:255]
+    open_ = struct.pack(">HH", 10, 40) + bytes([len(name)]) + name + b"\x00\x00"
+    try:
+        for args in (tune_ok, open_):
+            sock.sendall(struct.pack(">BHI", 1, 0, len(args)) + args + b"\xce")
+        answer = _amqp_frame(sock)
+    except OSError:
+        answer = None
+    if answer is not None and answer[:2] == (10, 41):  # Connection.OpenOk
+        return None
+    text = _close_text(answer[2]) if answer is not None and answer[:2] == (10, 50) else ""
+    return f"refused the URL's credentials access to virtual host {vhost!r}" + (
+        f" ({text})" if text else ""
+    )
+
+
+def redis_key_prefix(queue: str) -> str:
+    """The prefix of every Redis key and channel of the environment whose queue it is."""
+    return f"{queue}:"
 
 
 def celery_environment(
@@ -171,7 +209,7 @@ def celery_environment(
     }
     if broker_address(broker_url)[0].startswith("redis"):
         # Every key of this environment under its own prefix (queues, unacked, bindings).
-        env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"] = f"{queue}:"
+        env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"] = redis_key_prefix(queue)
     return env
 
 

@@ -3,12 +3,16 @@
 SQLite databases are copies of the install's migrated template (no 5 s
 ``airflow db migrate`` per environment). With a PostgreSQL admin URL each
 environment gets its own database and its own role with a generated password,
-both dropped when the environment is deleted.
+both dropped when the environment is deleted. No other role may connect to an
+environment's database (CONNECT and TEMPORARY revoked from PUBLIC), so one
+environment's credentials never open another's; the revocation is applied again at
+every provision and start, which also closes databases made by older versions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -17,6 +21,8 @@ from pathlib import Path
 
 from openmwaa.runtime.base import RuntimeFailure
 from openmwaa.runtime.installs import TEMPLATE_DB
+
+log = logging.getLogger(__name__)
 
 
 def sqlite_url(path: Path) -> str:
@@ -64,34 +70,70 @@ def pg_airflow_url(admin_url: str, env_name: str, password: str) -> str:
     ).render_as_string(hide_password=False)
 
 
+def _database_conninfo(admin_url: str, database: str) -> str:
+    """The admin URL pointed at another database of the same server."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(_admin_conninfo(admin_url)).set(drivername="postgresql", database=database)
+    return url.render_as_string(hide_password=False)
+
+
 def pg_create(admin_url: str, env_name: str, password: str) -> None:
-    """Create (or update the password of) the environment's role and database."""
+    """Create (or update the password of) the environment's role and database, and make
+    the database the role's alone: every role may connect to a new database by default
+    (PUBLIC holds CONNECT), so without the revocation environment A's credentials would
+    open environment B's metadata (connections, variables, task tokens' targets)."""
     import psycopg
     from psycopg import sql
 
     name = pg_name(env_name)
+    ident = sql.Identifier(name)
     try:
         with psycopg.connect(_admin_conninfo(admin_url), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
             conn.execute(
-                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(name), sql.Literal(password)
-                )
+                sql.SQL(
+                    verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+                ).format(ident, sql.Literal(password))
             )
             has_db = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
             ).fetchone()
             if not has_db:
-                conn.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                        sql.Identifier(name), sql.Identifier(name)
-                    )
-                )
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, ident))
+            conn.execute(
+                sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(ident)
+            )
+            conn.execute(
+                sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, ident)
+            )
+        _own_public_schema(admin_url, name)
     except psycopg.Error as exc:
         raise RuntimeFailure(
             "DATABASE_FAILED", f"creating the metadata database failed: {exc}".strip()
         ) from exc
+
+
+def _own_public_schema(admin_url: str, name: str) -> None:
+    """Inside the database, the public schema is the role's and PUBLIC has no rights on
+    it (before PostgreSQL 15 the admin owns it and every role may create in it)."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        with psycopg.connect(_database_conninfo(admin_url, name), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
+            ).fetchone()
+            if row is not None and row[0] not in (name, "pg_database_owner"):
+                conn.execute(
+                    sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(name))
+                )
+            conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        # An admin that is not a superuser: the database is closed to others all the same.
+        log.warning("could not take the public schema of %s from PUBLIC: %s", name, exc)
 
 
 def pg_check(admin_url: str) -> None:

@@ -7,20 +7,31 @@ workers the host should run: the autoscaler fills hosts that joined (in the
 order they joined, each up to the limit it declared) before the control
 plane's own host, which runs the rest. A host that stops reporting is
 forgotten after ``HOST_TIMEOUT``; Airflow retries the tasks it was running.
+
+Tasks on those hosts reach the environment's Airflow execution API through the
+control plane (``relay_target``), with the environment's relay secret in the URL
+besides their own token: a token taken from one environment's broker messages is no
+use without that environment's secret, which only its worker hosts receive.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from openmwaa.runtime import bundles
 from openmwaa.runtime.base import Backend, WorkerBundle
 from openmwaa.service.environments import Environments
-from openmwaa.service.errors import ValidationException
+from openmwaa.service.errors import (
+    ResourceNotFoundException,
+    ServiceUnavailableException,
+    ValidationException,
+)
 from openmwaa.service.identity import Caller
 from openmwaa.store.status import JOINABLE
 
@@ -31,6 +42,11 @@ HOST_TIMEOUT = 15.0
 REPORT_INTERVAL = 2.0
 MAX_HOST_WORKERS = 25
 """MWAA's MaxWorkers cap: no host is asked for more."""
+
+
+class RelayRefused(Exception):
+    """A relayed call without the environment's relay secret, or for no such environment:
+    the caller is told the same in both cases."""
 
 
 @dataclass
@@ -52,6 +68,9 @@ class WorkerHosts:
         self._envs = environments
         self._timeout = timeout
         self._hosts: dict[str, dict[str, RemoteHost]] = {}
+        self._relay_secrets: dict[str, tuple[datetime, str]] = {}
+        """Each environment's relay secret as last seen in its bundle (keyed by its creation
+        time too), so remote tasks still get a 503 they retry, not a 403, while it restarts."""
         self._lock = threading.Lock()
 
     # -- what a worker host asks -----------------------------------------------------------
@@ -75,11 +94,13 @@ class WorkerHosts:
         """The settings a worker host runs the environment's workers with."""
         bundle = self._bundle(caller, name)
         script = bundle.startup_script
+        env = dict(bundle.env)
         return {
             "Name": name,
             "AirflowVersion": bundle.airflow_version,
             "Requirements": bundle.requirements,
-            "Environment": dict(bundle.env),
+            "Environment": env,
+            "RelaySecret": env.pop(bundles.RELAY_SECRET, None),
             "Queue": bundle.queue,
             "Concurrency": bundle.concurrency,
             "StartupScript": base64.b64encode(script).decode() if script is not None else None,
@@ -120,12 +141,32 @@ class WorkerHosts:
             "ReportInterval": REPORT_INTERVAL,
         }
 
-    def execution_api_url(self, name: str) -> str:
-        """Where the environment's Airflow execution API listens (on this host)."""
-        row = self._envs.row(name)
-        url = self._backend.webserver_url(self._envs.spec_of(name, row.applied or row.spec))
+    def relay_target(self, name: str, secret: str) -> str:
+        """Where the environment's Airflow execution API listens (on this host), for a
+        caller holding the environment's relay secret.
+
+        Raises RelayRefused for a wrong secret and for an unknown environment alike, and
+        ServiceUnavailableException (right secret) while Airflow is not running.
+        """
+        try:
+            row = self._envs.row(name)
+        except ResourceNotFoundException:
+            raise RelayRefused(name) from None
+        spec = self._envs.spec_of(name, row.applied or row.spec)
+        bundle = self._backend.worker_bundle(spec)
+        expected = bundle.env.get(bundles.RELAY_SECRET) if bundle is not None else None
+        with self._lock:
+            if expected is not None:
+                self._relay_secrets[name] = (row.created_at, expected)
+            else:
+                created, expected = self._relay_secrets.get(name, (None, None))
+                if created != row.created_at:
+                    expected = None
+        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
+            raise RelayRefused(name)
+        url = self._backend.webserver_url(spec)
         if url is None:
-            raise ValidationException(f"Environment {name} is not running.")
+            raise ServiceUnavailableException(f"Environment {name} is not running.")
         return url + "/execution/"
 
     # -- what the autoscaler asks ----------------------------------------------------------
@@ -160,3 +201,4 @@ class WorkerHosts:
     def forget(self, name: str) -> None:
         with self._lock:
             self._hosts.pop(name, None)
+            self._relay_secrets.pop(name, None)

@@ -29,10 +29,11 @@ from openmwaa.runtime.base import (
     WorkerBundle,
     WorkerLoad,
 )
+from openmwaa.runtime.brokers import accounts_for
 from openmwaa.runtime.config import Secrets
 from openmwaa.runtime.installs import SUPPORTED_VERSIONS
 from openmwaa.runtime.local import access, health, lifecycle
-from openmwaa.runtime.local.components import fingerprint
+from openmwaa.runtime.local.components import ensure_broker_account, fingerprint
 from openmwaa.runtime.local.context import Context
 from openmwaa.runtime.local.layout import Layout
 from openmwaa.runtime.local.mirror import ensure_mirror, stop_mirror
@@ -60,6 +61,7 @@ class LocalBackend:
         bucket_store: str = "local",
         airflow_database_url: str | None = None,
         broker_url: str | None = None,
+        rabbitmq_management_url: str | None = None,
         store: BucketStore | None = None,
     ) -> None:
         if broker_url and not airflow_database_url:
@@ -71,6 +73,7 @@ class LocalBackend:
             store=store or open_store(bucket_store, data_dir),
             airflow_database_url=airflow_database_url,
             broker_url=broker_url,
+            brokers=accounts_for(broker_url, rabbitmq_management_url),
             ports=PortRegistry(data_dir),
             # One client for health checks and tokens: a client per call builds a TLS
             # context each time (15-20 ms of CPU), and loopback needs no proxy.
@@ -124,7 +127,9 @@ class LocalBackend:
     def provision(self, spec: EnvironmentSpec, progress: Progress) -> None:
         say = self._guarded(progress)
         with self._step(spec.name):
-            materialize(self.ctx, prepare(self.ctx, spec, say), say)
+            prepared = prepare(self.ctx, spec, say)
+            ensure_broker_account(self.ctx, spec)
+            materialize(self.ctx, prepared, say)
 
     def start(self, spec: EnvironmentSpec, progress: Progress) -> None:
         say = self._guarded(progress)
@@ -133,6 +138,7 @@ class LocalBackend:
                 ensure_mirror(self.ctx, spec)
                 return
             prepared = prepare(self.ctx, spec, say)
+            ensure_broker_account(self.ctx, spec)
             materialize(self.ctx, prepared, say)
             if not lifecycle.adopt(self.ctx, prepared):
                 lifecycle.launch(self.ctx, prepared, say)
@@ -154,6 +160,7 @@ class LocalBackend:
             if running:
                 say("stopping Airflow components")
                 self.ctx.supervisor.stop(new.name)
+            ensure_broker_account(self.ctx, new)
             materialize(self.ctx, prepared, say)
             lifecycle.launch(self.ctx, prepared, say)
             ensure_mirror(self.ctx, new)

@@ -18,6 +18,7 @@ from openmwaa.runtime import celery
 from openmwaa.runtime.base import EnvironmentSpec
 from openmwaa.runtime.config import Ports, Secrets, airflow_environment
 from openmwaa.runtime.local.context import Context
+from openmwaa.runtime.local.state import load_broker_password
 from openmwaa.runtime.supervisor import MARKER, ComponentSpec, inherited_env
 
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
@@ -68,6 +69,25 @@ def queue_of(spec: EnvironmentSpec) -> str:
     return spec.celery_queue or f"openmwaa-{spec.name}"
 
 
+def broker_url_for(ctx: Context, spec: EnvironmentSpec) -> str | None:
+    """The broker URL the environment's processes (and workers on other hosts) get: its
+    own account's where the broker has accounts per environment; the server's (admin)
+    URL never, unless the broker cannot have them (RabbitMQ without a management URL)."""
+    if not ctx.broker_url:
+        return None
+    if ctx.brokers is None:
+        return ctx.broker_url
+    return ctx.brokers.url_for(queue_of(spec), load_broker_password(ctx.layout(spec.name)))
+
+
+def ensure_broker_account(ctx: Context, spec: EnvironmentSpec) -> None:
+    """Create the environment's broker account, or set it again as it must be: at
+    provision, at every start (environments made before accounts existed get one) and
+    when health finds it refused (a restarted Redis without an ACL file forgets users)."""
+    if ctx.broker_url and ctx.brokers is not None:
+        ctx.brokers.ensure(queue_of(spec), load_broker_password(ctx.layout(spec.name)))
+
+
 def component_names(ctx: Context, spec: EnvironmentSpec) -> list[str]:
     """The environment's components: several schedulers only on PostgreSQL with Celery
     (SQLite allows one writer)."""
@@ -96,10 +116,11 @@ def component_env(ctx: Context, prepared: Prepared) -> dict[str, str]:
             public_url=spec.endpoint_url,
         )
     )
-    if ctx.broker_url:
+    broker_url = broker_url_for(ctx, spec)
+    if broker_url:
         env.update(
             celery.celery_environment(
-                broker_url=ctx.broker_url,
+                broker_url=broker_url,
                 result_backend="db+" + prepared.sql_alchemy_conn,
                 queue=queue_of(spec),
                 tasks_per_worker=spec.tasks_per_worker,

@@ -11,6 +11,7 @@ import httpx
 from openmwaa.buckets import BucketStore
 from openmwaa.buckets.sync import DagMirror
 from openmwaa.runtime.base import Interrupted, WorkerBundle
+from openmwaa.runtime.brokers import BrokerAccounts
 from openmwaa.runtime.local.layout import Layout
 from openmwaa.runtime.ports import PortRegistry
 from openmwaa.runtime.supervisor import Supervisor
@@ -53,6 +54,8 @@ class Context:
     http: httpx.Client
     supervisor: Supervisor
     workers: WorkerPool
+    brokers: BrokerAccounts | None = None
+    """Makes each environment's own broker account (None: environments use broker_url)."""
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set by shutdown(): steps in flight give up (Interrupted) at their next check."""
     _envs: dict[str, EnvMemory] = field(default_factory=dict)

@@ -11,7 +11,11 @@ import httpx
 
 from openmwaa.runtime import celery
 from openmwaa.runtime.base import EnvironmentSpec, Health, RuntimeFailure
-from openmwaa.runtime.local.components import component_names
+from openmwaa.runtime.local.components import (
+    broker_url_for,
+    component_names,
+    ensure_broker_account,
+)
 from openmwaa.runtime.local.context import Context
 from openmwaa.runtime.local.mirror import is_running
 
@@ -73,22 +77,30 @@ def _problem(ctx: Context, name: str, component: str, state: str) -> str:
     )
 
 
-def broker_url_of(ctx: Context, name: str) -> str | None:
+def broker_url_of(ctx: Context, spec: EnvironmentSpec) -> str | None:
     """The broker URL the environment's components (and so its workers) use."""
-    scheduler = ctx.supervisor.components(name).get("scheduler")
+    scheduler = ctx.supervisor.components(spec.name).get("scheduler")
     if scheduler is not None and scheduler.spec.env.get(BROKER_VARIABLE):
         return scheduler.spec.env[BROKER_VARIABLE]
-    return ctx.broker_url
+    return broker_url_for(ctx, spec)
 
 
 def _check_broker(
     ctx: Context, spec: EnvironmentSpec, components: dict[str, str], problems: list[str]
 ) -> None:
-    url = broker_url_of(ctx, spec.name)
+    url = broker_url_of(ctx, spec)
     if url is None:
         return
     try:
-        celery.check_broker(url)
+        try:
+            celery.check_broker(url)
+        except RuntimeFailure as exc:
+            if exc.code != celery.CREDENTIALS_REFUSED or ctx.brokers is None:
+                raise
+            # The environment's own account went missing (a Redis restarted without an
+            # ACL file, a user deleted by hand): make it again, then judge.
+            ensure_broker_account(ctx, spec)
+            celery.check_broker(url)
         components["broker"] = "healthy"
     except RuntimeFailure as exc:
         components["broker"] = "unreachable"

@@ -234,13 +234,23 @@ def wait_started(ctx: Context, spec: EnvironmentSpec, progress: Progress) -> Non
 
 
 def purge_broker(ctx: Context, spec: EnvironmentSpec) -> None:
-    """Remove a deleted environment's keys from a Redis broker (best effort)."""
-    install = load_state_lenient(ctx.layout(spec.name)).get("install")
-    if not ctx.broker_url or not isinstance(install, str):
+    """Remove a deleted environment's keys from a Redis broker (best effort), then its
+    broker account: the ACL user, or the RabbitMQ virtual host with its queues and user.
+    A failed removal fails the step (retried): the account must not outlive it."""
+    if not ctx.broker_url:
         return
+    install = load_state_lenient(ctx.layout(spec.name)).get("install")
+    if isinstance(install, str):
+        _purge_keys(spec, Path(install) / "bin" / "python", ctx.broker_url)
+    if ctx.brokers is not None:
+        ctx.brokers.remove(queue_of(spec))
+        log.info("%s: removed its broker account", spec.name)
+
+
+def _purge_keys(spec: EnvironmentSpec, python: Path, admin_url: str) -> None:
     try:
         removed = celery.purge_redis_keys(
-            Path(install) / "bin" / "python", ctx.broker_url, f"{queue_of(spec)}:"
+            python, admin_url, celery.redis_key_prefix(queue_of(spec))
         )
     except (RuntimeFailure, OSError, subprocess.SubprocessError, ValueError) as exc:
         # Left-over keys harm no one (the queue name is never reused): say so and go on.

@@ -33,6 +33,9 @@ _KEYS: dict[str, Callable[[], str]] = {
     "api_secret_key": lambda: secrets.token_urlsafe(48),
     "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
     "db_password": lambda: secrets.token_urlsafe(24),
+    # The environment's own broker account (runtime/brokers): not in ``Secrets``, which
+    # only the components' Airflow settings read; see ``load_broker_password``.
+    "broker_password": lambda: secrets.token_urlsafe(24),
 }
 _secrets_lock = threading.Lock()
 """Two first readers at once must not create two different sets of secrets."""
@@ -53,6 +56,19 @@ def load_secrets(layout: Layout) -> Secrets:
     others are kept. An unreadable file or a field of the wrong type is a
     RuntimeFailure naming the file, and the file is left as it is.
     """
+    data = _secret_fields(layout)
+    names = {f.name for f in dataclasses.fields(Secrets)}
+    return Secrets(**{k: v for k, v in data.items() if k in names})
+
+
+def load_broker_password(layout: Layout) -> str:
+    """The password of the environment's own broker account, made once with (or, for an
+    environment made by an older release, added to) its other secrets."""
+    return str(_secret_fields(layout)["broker_password"])
+
+
+def _secret_fields(layout: Layout) -> dict[str, Any]:
+    """``secrets.json`` as data, missing fields generated and saved (see load_secrets)."""
     path = layout.secrets
     with _secrets_lock:
         found = read_strict(path)
@@ -76,8 +92,7 @@ def load_secrets(layout: Layout) -> Secrets:
             write_json(path, data, mode=0o600)
             if found is not None:
                 log.warning("%s: added %s (kept every other secret)", path, ", ".join(added))
-    names = {f.name for f in dataclasses.fields(Secrets)}
-    return Secrets(**{k: v for k, v in data.items() if k in names})
+    return data
 
 
 def write_passwords(layout: Layout, value: Secrets) -> None:
