@@ -103,8 +103,7 @@ async def run_command(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
-        umask=0o077,
-    )
+    )  # umask 077 comes from the server (uvloop's subprocess takes no umask argument)
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT)
     except (TimeoutError, asyncio.CancelledError) as e:
