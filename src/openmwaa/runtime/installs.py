@@ -157,7 +157,7 @@ def resume() -> None:
 
 
 def _partial_key(name: str) -> str | None:
-    """The install key a partial folder (``.build-<key>-XXXX``) was made for."""
+    """The install key a partial folder (``.build-<key>-<random suffix>``) was made for."""
     for prefix in _PARTIAL_PREFIXES:
         if name.startswith(prefix) and name.count("-") >= 2:
             return name[len(prefix) :].rsplit("-", 1)[0]

@@ -11,7 +11,6 @@ import base64
 import binascii
 import copy
 import json
-import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from typing import Any
 from openmwaa.runtime.base import EnvironmentSpec
 from openmwaa.service.classes import CLASSES, DEFAULT_CLASS
 from openmwaa.service.errors import ResourceNotFoundException, ValidationException
+from openmwaa.service.request_rules import check_request, check_tags, default_window
 from openmwaa.store.db import Store
 from openmwaa.store.models import EnvironmentRow
 from openmwaa.store.status import DELETABLE, UPDATABLE, Status
@@ -28,10 +28,7 @@ LOG_MODULES = ("DagProcessingLogs", "SchedulerLogs", "WebserverLogs", "WorkerLog
 DEFAULT_LOGGING = {
     module: {"Enabled": module == "TaskLogs", "LogLevel": "INFO"} for module in LOG_MODULES
 }
-MAINTENANCE_WINDOW = re.compile(r"(MON|TUE|WED|THU|FRI|SAT|SUN):([01]\d|2[0-3]):(00|30)")
-DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 DEFAULT_PAGE_SIZE = 25
-_S3_PATHS = ("DagS3Path", "PluginsS3Path", "RequirementsS3Path", "StartupScriptS3Path")
 _PLAIN_FIELDS = (
     "ExecutionRoleArn",
     "SourceBucketArn",
@@ -124,7 +121,7 @@ class Environments:
             "AirflowVersion": self._versions[0],
             "AirflowConfigurationOptions": {},
             "LoggingConfiguration": copy.deepcopy(DEFAULT_LOGGING),
-            "WeeklyMaintenanceWindowStart": _default_window(name),
+            "WeeklyMaintenanceWindowStart": default_window(name),
         }
         if request.get("EnvironmentClass") == "mw1.micro":
             spec.update(MaxWorkers=1, Schedulers=1, MinWebservers=1, MaxWebservers=1)
@@ -135,8 +132,8 @@ class Environments:
             f"arn:aws:sqs:{self.region}:{self.account_id}:airflow-celery-{uuid.uuid4()}"
         )
         tags = dict(request.get("Tags") or {})
-        self._check(spec)
-        _check_tags(tags)
+        check_request(spec, self._versions, self._refused_config_keys)
+        check_tags(tags)
         row = EnvironmentRow(
             name=name,
             arn=self.arn(name),
@@ -173,7 +170,7 @@ class Environments:
                 request["NetworkConfiguration"]["SecurityGroupIds"]
             )
         _merge_logging(spec, request.get("LoggingConfiguration"))
-        self._check(spec)
+        check_request(spec, self._versions, self._refused_config_keys)
         last_update: dict[str, Any] = {
             "Status": "PENDING",
             "CreatedAt": datetime.now(UTC).timestamp(),
@@ -230,7 +227,7 @@ class Environments:
         return result
 
     def tag(self, arn: str, tags: Mapping[str, str]) -> None:
-        _check_tags(tags)
+        check_tags(tags)
 
         def merge(current: dict[str, str]) -> dict[str, str]:
             merged = {**current, **tags}
@@ -326,75 +323,6 @@ class Environments:
             endpoint_url=self._endpoint_url(name, config["WebserverAccessMode"]),
         )
 
-    # -- rules beyond the model --------------------------------------------------
-
-    def _check(self, spec: Mapping[str, Any]) -> None:
-        errors: list[str] = []
-        env_class = CLASSES.get(spec["EnvironmentClass"])
-        if env_class is None:
-            raise ValidationException(
-                f"EnvironmentClass {spec['EnvironmentClass']} is not valid. "
-                f"Valid classes: {', '.join(CLASSES)}."
-            )
-        if spec["AirflowVersion"] not in self._versions:
-            errors.append(
-                f"AirflowVersion {spec['AirflowVersion']} is not supported. "
-                f"Supported versions: {', '.join(self._versions)}."
-            )
-        for low, high, lo_name, hi_name, cap in (
-            ("MinWorkers", "MaxWorkers", "MinWorkers", "MaxWorkers", env_class.max_workers),
-            (
-                "MinWebservers",
-                "MaxWebservers",
-                "MinWebservers",
-                "MaxWebservers",
-                env_class.max_webservers,
-            ),
-        ):
-            if spec[low] > spec[high]:
-                errors.append(f"{lo_name} ({spec[low]}) must not exceed {hi_name} ({spec[high]}).")
-            if spec[high] > cap:
-                errors.append(
-                    f"{hi_name} must be at most {cap} for {env_class.name}; got {spec[high]}."
-                )
-        if spec["MinWebservers"] < env_class.min_webservers:
-            errors.append(
-                f"MinWebservers must be at least {env_class.min_webservers} for "
-                f"{env_class.name}; got {spec['MinWebservers']}."
-            )
-        if not env_class.min_schedulers <= spec["Schedulers"] <= env_class.max_schedulers:
-            errors.append(
-                f"Schedulers must be between {env_class.min_schedulers} and "
-                f"{env_class.max_schedulers} for {env_class.name}; got {spec['Schedulers']}."
-            )
-        if not MAINTENANCE_WINDOW.fullmatch(spec["WeeklyMaintenanceWindowStart"]):
-            errors.append(
-                "WeeklyMaintenanceWindowStart must be DAY:HH:MM with DAY one of "
-                f"{', '.join(DAYS)}, HH 00-23 and MM 00 or 30 (e.g. TUE:03:30); got "
-                f"{spec['WeeklyMaintenanceWindowStart']!r}."
-            )
-        for field in _S3_PATHS:
-            path = spec.get(field)
-            if path is not None and (
-                path.startswith("/") or ".." in path.split("/") or "\\" in path or "\0" in path
-            ):
-                errors.append(
-                    f"{field} must be a path relative to the bucket without '..' or a "
-                    f"leading '/'; got {path!r}."
-                )
-        for field in ("PluginsS3Path", "RequirementsS3Path", "StartupScriptS3Path"):
-            version_field = field.replace("Path", "ObjectVersion")
-            if spec.get(version_field) and not spec.get(field):
-                errors.append(f"{version_field} needs {field}.")
-        refused = self._refused_config_keys(spec.get("AirflowConfigurationOptions") or {})
-        if refused:
-            errors.append(
-                "AirflowConfigurationOptions may not set "
-                f"{', '.join(sorted(refused))}: the service manages these."
-            )
-        if errors:
-            raise ValidationException(" ".join(errors))
-
 
 def _check_can(row: EnvironmentRow, done: str, statuses: frozenset[Status]) -> None:
     """Answer at once, as MWAA does, when the environment cannot take the change now."""
@@ -418,20 +346,6 @@ def _merge_logging(spec: dict[str, Any], request: Mapping[str, Any] | None) -> N
             "Enabled": settings["Enabled"],
             "LogLevel": settings["LogLevel"],
         }
-
-
-def _check_tags(tags: Mapping[str, str]) -> None:
-    reserved = [k for k in tags if k.lower().startswith("aws:")]
-    if reserved:
-        raise ValidationException(
-            f"Tag keys starting with 'aws:' are reserved for AWS use: {', '.join(reserved)}."
-        )
-
-
-def _default_window(name: str) -> str:
-    """A stable weekly window per environment, spread over the week as MWAA does."""
-    digest = uuid.uuid5(uuid.NAMESPACE_URL, name).int
-    return f"{DAYS[digest % 7]}:{(digest // 7) % 24:02d}:{('00', '30')[(digest // 168) % 2]}"
 
 
 def _encode_token(after: str) -> str:
