@@ -3,7 +3,10 @@ the markers that let a developer run the fast part (``make test-fast``)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.airflow)
         if folder in SERVICES_FOLDERS or "postgres" in item.nodeid.lower():
             item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_test_tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the run (after every server it started has stopped), the OS users of
+    the environments those servers made and their folders in the tenant base: those whose
+    data dir is under this run's temporary folder, and nothing else (users.users_of and
+    placement.placements_of match whole folders; remove_user_named keeps any user that
+    openmwaa did not make)."""
+    yield
+    if os.geteuid() != 0:
+        return
+    from openmwaa.runtime.tenancy import placement, users
+
+    basetemp = tmp_path_factory.getbasetemp().resolve()
+    if len(basetemp.parts) < 3:  # never / nor /tmp itself
+        return
+    for name in users.users_of(str(basetemp)):
+        try:
+            users.remove_user_named(name)
+        except users.UserError as e:
+            warnings.warn(f"test user left behind: {e}", stacklevel=1)
+    for folder in placement.placements_of(str(basetemp)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

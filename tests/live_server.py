@@ -186,7 +186,9 @@ def belongs_under(proc: psutil.Process, root: Path) -> bool:
     """Whether an Airflow process was started for an environment under ``root``."""
     from openmwaa.runtime.supervisor import MARKER
 
+    # Environments of a data dir under a closed folder live elsewhere (see placement).
+    roots = (str(root), str((Path(root) / "environments").resolve()))
     try:
-        return proc.environ().get(MARKER, "").startswith(str(root))
+        return proc.environ().get(MARKER, "").startswith(roots)
     except (psutil.Error, OSError):
         return False

@@ -9,15 +9,19 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from openmwaa import settings as defaults
 from openmwaa.settings import Settings
+
+if TYPE_CHECKING:
+    from openmwaa.runtime.tenancy.cgroups import Cgroups
+    from openmwaa.runtime.tenancy.users import EnvUser
 
 console = Console(stderr=True)
 
@@ -69,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
                 airflow_database_url=args.airflow_database_url,
                 broker_url=args.broker_url,
                 rabbitmq_management_url=args.rabbitmq_management_url,
+                isolate=args.isolation == "users",
                 scale_in_cooldown=args.scale_in_cooldown,
             )
         )
@@ -152,20 +157,39 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """What the reconciler is doing with each environment, from the store."""
+    """What the reconciler is doing with each environment, from the store; and who each
+    environment runs as and what it uses now."""
     from openmwaa.runtime import exposure
+    from openmwaa.runtime.tenancy.cgroups import Cgroups
+    from openmwaa.runtime.tenancy.users import instance_id, lookup_user
     from openmwaa.server import open_store
 
     settings = _settings(args)
     rows = open_store(settings).environments()
-    # What the server found at start about its admin accounts (on stderr with --json).
+    instance = instance_id(settings.data_dir)
+    cgroups = Cgroups(instance)
+    # What the server found at start (on stderr with --json): admin accounts that leave
+    # environments open, and environments not isolated (no root, no cgroups, turned off).
     warnings = Console(stderr=args.json)
     for finding in exposure.load(settings.data_dir):
-        warnings.print(f"[bold red]Warning:[/] {finding}", soft_wrap=True)
+        warnings.print(f"[bold red]Warning:[/] {escape(finding)}", soft_wrap=True)
+    tenants = {
+        row.name: _tenant_of(row.name, lookup_user(instance, row.name), cgroups) for row in rows
+    }
     if args.json:
-        print(json.dumps([{"Name": r.name, "Status": r.status, "Detail": r.detail} for r in rows]))
+        print(
+            json.dumps(
+                [
+                    {"Name": r.name, "Status": r.status, "Detail": r.detail, **tenants[r.name]}
+                    for r in rows
+                ]
+            )
+        )
         return 0
-    table = Table("Name", "Status", "Airflow", "Workers", "Detail")
+    # User and usage columns only when some environment has them (isolated environments).
+    isolated = any(t["User"] or t["Usage"] for t in tenants.values())
+    extra: list[Column | str] = [Column("User", overflow="fold"), "Usage"] if isolated else []
+    table = Table("Name", "Status", "Airflow", "Workers", *extra, "Detail")
     for row in rows:
         detail = row.detail or {}
         text = detail.get("progress") or detail.get("detail") or ""
@@ -182,9 +206,40 @@ def _status(args: argparse.Namespace) -> int:
             if scaling
             else ""
         )
-        table.add_row(row.name, row.status, row.spec.get("AirflowVersion", ""), workers, text)
+        tenant = tenants[row.name]
+        cells = [row.name, row.status, row.spec.get("AirflowVersion", ""), workers]
+        if isolated:
+            cells += [tenant["User"] or "(the server's)", _usage_text(tenant["Usage"])]
+        table.add_row(*cells, text)
     Console().print(table)
     return 0
+
+
+def _tenant_of(name: str, user: EnvUser | None, cgroups: Cgroups) -> dict[str, Any]:
+    """The environment's OS user (None: it runs as the server's) and its cgroup's usage."""
+    import dataclasses
+
+    try:
+        usage = cgroups.usage(name) if cgroups.available else None
+    except (OSError, ValueError):
+        usage = None
+    return {
+        "User": user.name if user else None,
+        "Usage": dataclasses.asdict(usage) if usage else None,
+    }
+
+
+def _usage_text(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return ""
+    mib = 1024 * 1024
+    memory = f"{usage['memory_bytes'] / mib:.0f}"
+    if usage["memory_limit"] is not None:
+        memory += f"/{usage['memory_limit'] / mib:.0f}"
+    parts = [f"{memory} MiB", f"CPU {usage['cpu_seconds']:.1f} s", f"{usage['pids']} pids"]
+    if usage["oom_kills"] is not None:
+        parts.append(f"{usage['oom_kills']} OOM kills")
+    return ", ".join(parts)
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -315,6 +370,14 @@ def parser() -> argparse.ArgumentParser:
         "http://USER:PASSWORD@HOST:15672 (an administrator), where each environment gets "
         "a virtual host and user of its own; without it environments share the broker "
         "URL's account",
+    )
+    serve.add_argument(
+        "--isolation",
+        choices=("users", "off"),
+        default=os.environ.get("OPENMWAA_ISOLATION", "users"),
+        help="users (default): when run as root, each environment runs as an OS user of "
+        "its own, in its class's CPU, memory and process limits; off: environments run as "
+        "the server's user, for a single trusted team",
     )
     serve.add_argument(
         "--scale-in-cooldown",

@@ -19,6 +19,7 @@ import uvicorn
 
 from openmwaa.api.airflow_http import AirflowHttp
 from openmwaa.api.app import MwaaApi
+from openmwaa.api.credentials import CredentialRoutes
 from openmwaa.api.gateway import GatewayManager
 from openmwaa.api.provider import MwaaProvider
 from openmwaa.api.serving import uvicorn_config
@@ -27,6 +28,7 @@ from openmwaa.instance import InstanceLock
 from openmwaa.runtime import exposure
 from openmwaa.runtime.base import Backend
 from openmwaa.runtime.config import refused_config_keys
+from openmwaa.runtime.roles import ExecutionRoles, execution_roles
 from openmwaa.service.autoscaler import Autoscaler
 from openmwaa.service.endpoint import Endpoint
 from openmwaa.service.endpoint_addresses import EndpointAddresses
@@ -71,7 +73,8 @@ def open_store(settings: Settings) -> Store:
 
 def build(settings: Settings) -> ControlPlane:
     store = open_store(settings)
-    backend = _make_backend(settings)
+    roles = _execution_roles(settings)
+    backend = _make_backend(settings, roles)
     identities = Identities(store, settings.account_id)
     environments = Environments(
         store,
@@ -96,7 +99,11 @@ def build(settings: Settings) -> ControlPlane:
     environments.set_endpoint_url(addresses.url)
     endpoint = Endpoint(store, environments, backend, addresses, AirflowHttp())
     app = MwaaApi(
-        MwaaProvider(environments, endpoint), identities, settings.region, WorkerRoutes(hosts)
+        MwaaProvider(environments, endpoint),
+        identities,
+        settings.region,
+        WorkerRoutes(hosts),
+        CredentialRoutes(environments, roles) if roles is not None else None,
     )
     return ControlPlane(
         settings,
@@ -112,14 +119,22 @@ def build(settings: Settings) -> ControlPlane:
     )
 
 
-def _make_backend(settings: Settings) -> Backend:
+def _execution_roles(settings: Settings) -> ExecutionRoles | None:
+    """Environments act with their ExecutionRoleArn when the server has AWS credentials of
+    its own (local backend); None otherwise."""
+    if settings.backend != "local":
+        return None
+    return execution_roles(settings.data_dir, settings.host, settings.port, settings.region)
+
+
+def _make_backend(settings: Settings, roles: ExecutionRoles | None = None) -> Backend:
     if settings.backend == "test":
         from openmwaa.runtime.testing import ProcessBackend
 
         return ProcessBackend(settings.data_dir)
     from openmwaa.runtime import make_backend
 
-    return make_backend(settings)
+    return make_backend(settings, roles)
 
 
 def admin_key_path(data_dir: Path) -> Path:
@@ -227,6 +242,8 @@ def _serve_locked(settings: Settings) -> None:
     # Admin accounts anyone on this host can use would undo the environments' separation.
     local = settings.backend == "local"
     findings = exposure.check(settings.airflow_database_url, settings.broker_url) if local else []
+    # Without root (or cgroups) environments share the server's user (or have no limits).
+    findings += plane.backend.isolation_problems()
     for finding in findings:
         log.warning("%s", finding)
     exposure.save(settings.data_dir, findings)

@@ -52,6 +52,10 @@ class Settings:
     environment gets a virtual host and user of its own there. Without it, environments
     on RabbitMQ share the broker URL's account (logged at start). Redis needs nothing:
     its ACL users are made with the broker URL."""
+    isolate: bool = True
+    """Each environment runs as an OS user of its own inside its class's resource limits
+    (when the server runs as root). Off: environments run as the server's user, for a
+    single trusted team (said at start and in ``openmwaa status``)."""
     scale_in_cooldown: float = SCALE_IN_COOLDOWN
     """Seconds of lower load before the autoscaler removes workers."""
     bucket_store: str = "local"

@@ -1,7 +1,8 @@
 """Nothing of the server's own environment reaches what it starts for a user.
 
-``openmwaa serve`` runs with AWS credentials and an ``OPENMWAA_*`` secret in its
-environment (random values). An environment is created whose requirements.txt
+``openmwaa serve`` runs with AWS credentials (its own key on a moto server standing in
+for AWS, so the environment's execution role is assumed for real) and an ``OPENMWAA_*``
+secret in its environment (random). An environment is created whose requirements.txt
 installs a local setup.py package (its build step, run by uv, writes its
 environment to a file), whose startup script prints its environment, and whose
 DAG's task prints its environment to its log. None of those outputs may contain
@@ -12,14 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_roles_support import FakeAws, start_moto
 from live_server import NETWORK, Server, wait_for, wait_status
 
 NAME = "childenv"
@@ -52,31 +56,63 @@ setup(name="envprobe", version="0.1", py_modules=[])
 STARTUP = "#!/bin/bash\necho STARTUPENV; env\nexport PROBE_FROM_STARTUP=1\n"
 
 
+ALLOWED_AWS = {
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+}
+"""What the environment is given on purpose: its execution role's credentials endpoint."""
+
+
 @pytest.fixture(scope="module")
-def planted() -> dict[str, str]:
-    """Distinct random values for each secret the server is started with."""
+def aws() -> Iterator[FakeAws]:
+    fake = start_moto()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def planted(aws: FakeAws) -> dict[str, str]:
+    """The secrets the server is started with: its AWS key, and a random one."""
     return {
-        "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
-        "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
-        "AWS_SESSION_TOKEN": secrets.token_urlsafe(30),
+        "AWS_ACCESS_KEY_ID": aws.key_id,
+        "AWS_SECRET_ACCESS_KEY": aws.secret,
         "OPENMWAA_TEST_ADMIN_SECRET": secrets.token_urlsafe(30),
     }
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, planted: dict[str, str]) -> Iterator[Server]:
+def probe_dir() -> Iterator[Path]:
+    """The requirement's source and where its build step writes: a folder the environment's
+    user can reach (pytest's folders are closed to other users)."""
+    folder = Path(tempfile.mkdtemp(prefix="openmwaa-probe-"))
+    os.chmod(folder, 0o777)  # noqa: S103 - the build step, as the environment's user, writes here
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    planted: dict[str, str],
+    aws: FakeAws,
+    probe_dir: Path,
+) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("child-env")
     bucket = data_dir / "buckets" / BUCKET
     (bucket / "dags").mkdir(parents=True)
     (bucket / "dags" / "envdump.py").write_text(DAG)
-    probe = data_dir / "probe"
+    probe = probe_dir / "probe"
     probe.mkdir()
-    (probe / "setup.py").write_text(SETUP_PY.format(out=str(data_dir / "build-env.txt")))
+    (probe / "setup.py").write_text(SETUP_PY.format(out=str(probe_dir / "build-env.txt")))
+    os.chmod(probe, 0o777)  # noqa: S103 - setuptools writes its egg-info beside setup.py
+    os.chmod(probe / "setup.py", 0o644)
     (bucket / "requirements.txt").write_text(f"envprobe @ {probe.as_uri()}\n")
     (bucket / "startup.sh").write_text(STARTUP)
     srv = Server(data_dir, [])
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in planted.items():
+        for name, value in {**aws.server_env(), **planted}.items():
             mp.setenv(name, value)
         srv.start()
     yield srv
@@ -85,10 +121,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, planted: dict[str, str]) ->
     shutil.rmtree(data_dir / "runtimes", ignore_errors=True)
 
 
-def _outputs(data_dir: Path) -> dict[str, str]:
+def _outputs(data_dir: Path, probe_dir: Path) -> dict[str, str]:
     """Every file the environment and the build wrote, by path (text)."""
     found = {}
-    roots = [data_dir / "environments" / NAME, data_dir / "build-env.txt"]
+    roots = [data_dir / "environments" / NAME, probe_dir / "build-env.txt"]
     for root in roots:
         paths = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
         for path in paths:
@@ -99,12 +135,12 @@ def _outputs(data_dir: Path) -> dict[str, str]:
 
 
 def test_no_server_secret_reaches_build_startup_script_or_task(
-    server: Server, planted: dict[str, str]
+    server: Server, planted: dict[str, str], aws: FakeAws, probe_dir: Path
 ) -> None:
     mwaa: Any = server.client()
     mwaa.create_environment(
         Name=NAME,
-        ExecutionRoleArn="arn:aws:iam::123456789012:role/airflow",
+        ExecutionRoleArn=aws.role("reader-x"),
         SourceBucketArn=f"arn:aws:s3:::{BUCKET}",
         DagS3Path="dags",
         RequirementsS3Path="requirements.txt",
@@ -116,11 +152,11 @@ def test_no_server_secret_reaches_build_startup_script_or_task(
     assert env["Status"] == "AVAILABLE", env.get("LastUpdate")
 
     def task_logged() -> bool:
-        return any("ENVDUMP {" in text for text in _outputs(server.data_dir).values())
+        return any("ENVDUMP {" in text for text in _outputs(server.data_dir, probe_dir).values())
 
     wait_for(task_logged, 300, "the task's environment in its log")
-    outputs = _outputs(server.data_dir)
-    build = outputs[str(server.data_dir / "build-env.txt")]
+    outputs = _outputs(server.data_dir, probe_dir)
+    build = outputs[str(probe_dir / "build-env.txt")]
     assert "BUILDENV {" in build, "the requirement's build step ran"
     startup = [t for p, t in outputs.items() if "startup-" in p and "STARTUPENV" in t]
     assert startup and "MWAA_AIRFLOW_COMPONENT" in startup[0], "the startup script ran"
@@ -133,17 +169,28 @@ def test_no_server_secret_reaches_build_startup_script_or_task(
         if value in text
     }
     assert leaks == set(), f"server secrets found in children's output: {sorted(leaks)}"
-    # Not only these values: no AWS_* or OPENMWAA_* variable of the server at all, and a
-    # home of their own (boto3 in a task must not find the server user's ~/.aws).
+    # Not only these values: no AWS_* or OPENMWAA_* variable of the server at all (the
+    # task has its execution role's endpoint instead), and a home of their own (boto3 in
+    # a task must not find the server user's ~/.aws).
     dumps = {
         "build": _dump(build, "BUILDENV "),
         "task": _dump(task[0], "ENVDUMP "),
     }
     for what, env in dumps.items():
-        names = [n for n in env if n.startswith(("AWS_", "OPENMWAA_")) and n != "OPENMWAA_ENV_DIR"]
+        names = [
+            n
+            for n in env
+            if n.startswith(("AWS_", "OPENMWAA_"))
+            and n != "OPENMWAA_ENV_DIR"
+            and not (what == "task" and n in ALLOWED_AWS)
+        ]
         assert names == [], f"{what}: {names}"
-    assert dumps["task"]["HOME"].startswith(str(server.data_dir)), dumps["task"]["HOME"]
-    assert not re.search(r"^(AWS_|OPENMWAA_(?!ENV_DIR=|ENV_OUT=))", startup[0], re.MULTILINE)
+    assert set(dumps["task"]) >= ALLOWED_AWS, "the task has its execution role's endpoint"
+    environments = (server.data_dir / "environments").resolve()
+    assert dumps["task"]["HOME"].startswith(str(environments)), dumps["task"]["HOME"]
+    allowed = "|".join(f"{n}=" for n in sorted(ALLOWED_AWS))
+    pattern = rf"^(AWS_(?!{allowed})|OPENMWAA_(?!ENV_DIR=|ENV_OUT=))"
+    assert not re.search(pattern, startup[0], re.MULTILINE)
 
 
 def _dump(text: str, prefix: str) -> dict[str, str]:

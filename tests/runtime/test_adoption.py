@@ -64,7 +64,7 @@ def test_restarted_control_plane_adopts_components(
         wait_for(lambda: backend.health(spec).healthy, 30, "health of the adopted environment")
         # The DAG mirror runs again in the new control plane.
         (bucket / "adopt" / "after.py").write_text(simple_dag("after"))
-        dags = backend.layout(spec.name).home / "dags"
+        dags = backend.layout(spec.name).dags
         wait_for(lambda: (dags / "after.py").exists(), 10, "the mirror to copy a new DAG")
     finally:
         if child.poll() is None:

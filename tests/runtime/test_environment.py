@@ -105,9 +105,9 @@ def test_dag_in_subfolder_appears_and_deleted_dag_disappears(
 
     wait_for(gone, 90, "the deleted DAG to disappear")
     assert "nested_dag" in api.dag_ids()
-    home = Path(running[1].backend.layout("main").home)
-    assert (home / "dags" / "team_a" / "etl" / "nested_dag.py").is_file()
-    assert not (home / "dags" / "doomed.py").exists()
+    dags = Path(running[1].backend.layout("main").dags)
+    assert (dags / "team_a" / "etl" / "nested_dag.py").is_file()
+    assert not (dags / "doomed.py").exists()
 
 
 def test_startup_script_exports_reach_components(
@@ -169,7 +169,9 @@ def test_airflow_cli_runs_as_the_scheduler(
     spec, _ = running
     cli = backend.airflow_cli(spec)
     scheduler = backend.supervisor.components(spec.name)["scheduler"].spec
-    assert cli.argv == (scheduler.argv[0],) and Path(cli.argv[0]).name == "airflow"
+    # As the scheduler runs: the same program, user and cgroups.
+    assert cli.argv == tuple(scheduler.tenant.wrap([scheduler.argv[0]]))
+    assert Path(cli.argv[-1]).name == "airflow"
     assert cli.env["OPENMWAA_TEST_COMPONENT"] == "scheduler"  # startup-script exports
     assert cli.cwd == backend.layout(spec.name).home
     assert "dags list" in cli.definition["commands"]
@@ -196,10 +198,10 @@ def test_tokens_do_not_wait_for_a_slow_step(
     building, release = threading.Event(), threading.Event()
     real_install = prepare.ensure_install
 
-    def slow_install(*args: Any) -> Path:
+    def slow_install(*args: Any, **kwargs: Any) -> Path:
         building.set()
         release.wait(120)
-        return real_install(*args)
+        return real_install(*args, **kwargs)
 
     monkeypatch.setattr(prepare, "ensure_install", slow_install)
     with ThreadPoolExecutor(2) as pool:

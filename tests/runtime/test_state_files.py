@@ -130,7 +130,7 @@ def test_a_killed_install_during_shutdown_is_interrupted(
     """uv killed by shutdown fails ensure_install; the step is Interrupted, not failed."""
     entered = threading.Event()
 
-    def killed_install(*_args: Any) -> Path:
+    def killed_install(*_args: Any, **_kwargs: Any) -> Path:
         entered.set()
         bare_backend.ctx.stopping.wait(30)
         raise RuntimeFailure("INSTALL_FAILED", "uv exited with signal 9")
@@ -157,7 +157,9 @@ def test_a_killed_install_during_shutdown_is_interrupted(
 def test_progress_lines_interrupt_a_step_once_stopping(
     bare_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def chatty_install(_data_dir: Path, _version: str, _reqs: Any, progress: Any) -> Path:
+    def chatty_install(
+        _data_dir: Path, _version: str, _reqs: Any, progress: Any, **_kwargs: Any
+    ) -> Path:
         for n in range(300):
             progress(f"installing, step {n}")
             if n == 3:

@@ -121,6 +121,9 @@ class FakeBackend:
     def airflow_cli(self, spec: EnvironmentSpec) -> AirflowCli:
         raise RuntimeFailure("NOT_RUNNING", "no Airflow here")
 
+    def isolation_problems(self) -> list[str]:
+        return []
+
     def worker_load(self, spec: EnvironmentSpec) -> WorkerLoad | None:
         return None
 

@@ -8,8 +8,12 @@ supported Airflow version.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +49,16 @@ def runs(root: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder outside pytest's (closed) ones: as root, the dump runs as ``nobody``,
+    which must reach the fake install and write its marks."""
+    folder = Path(tempfile.mkdtemp(prefix="openmwaa-cli-test-"))
+    os.chmod(folder, 0o777)  # noqa: S103
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
     airflow_cli.forget()
@@ -55,23 +69,23 @@ def writes_definition(root: Path) -> str:
     return f'env > {root}/env.txt\ncp {root}/definition.json "$3"'
 
 
-def test_read_once_then_cached_in_process_and_in_the_install(tmp_path: Path) -> None:
-    install = fake_install(tmp_path, writes_definition(tmp_path))
+def test_read_once_then_cached_in_process_and_in_the_install(open_tmp: Path) -> None:
+    install = fake_install(open_tmp, writes_definition(open_tmp))
     assert cli_definition(install) == DEFINITION
     assert cli_definition(install) == DEFINITION
-    assert runs(tmp_path) == 1
+    assert runs(open_tmp) == 1
     assert json.loads((install / CACHE_NAME).read_text()) == DEFINITION
     airflow_cli.forget()  # a new server process: the install's cache file answers
     assert cli_definition(install) == DEFINITION
-    assert runs(tmp_path) == 1
+    assert runs(open_tmp) == 1
     (install / CACHE_NAME).write_text('{"format": 1, "comm')  # a damaged cache is redone
     airflow_cli.forget()
     assert cli_definition(install) == DEFINITION
-    assert runs(tmp_path) == 2
+    assert runs(open_tmp) == 2
 
 
-def test_concurrent_callers_dump_once(tmp_path: Path) -> None:
-    install = fake_install(tmp_path, "sleep 0.5\n" + writes_definition(tmp_path))
+def test_concurrent_callers_dump_once(open_tmp: Path) -> None:
+    install = fake_install(open_tmp, "sleep 0.5\n" + writes_definition(open_tmp))
     results: list[object] = []
     threads = [
         threading.Thread(target=lambda: results.append(cli_definition(install))) for _ in range(4)
@@ -81,27 +95,27 @@ def test_concurrent_callers_dump_once(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert results == [DEFINITION] * 4
-    assert runs(tmp_path) == 1
+    assert runs(open_tmp) == 1
 
 
 def test_the_dump_gets_none_of_the_servers_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "server-aws-secret-value")
     monkeypatch.setenv("OPENMWAA_DATABASE_URL", "postgresql://admin:server-db-password@db/x")
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", "/server/dags")
-    install = fake_install(tmp_path, writes_definition(tmp_path))
+    install = fake_install(open_tmp, writes_definition(open_tmp))
     cli_definition(install)
-    env = (tmp_path / "env.txt").read_text()
+    env = (open_tmp / "env.txt").read_text()
     for value in ("server-aws-secret-value", "server-db-password", "/server/dags"):
         assert value not in env
     home = next(ln.split("=", 1)[1] for ln in env.splitlines() if ln.startswith("AIRFLOW_HOME="))
     assert not Path(home).exists()  # a throw-away home, removed afterwards
 
 
-def test_a_failure_names_the_useful_line_and_caches_nothing(tmp_path: Path) -> None:
+def test_a_failure_names_the_useful_line_and_caches_nothing(open_tmp: Path) -> None:
     install = fake_install(
-        tmp_path,
+        open_tmp,
         "echo 'Traceback (most recent call last):' >&2\n"
         "echo \"ModuleNotFoundError: No module named 'airflow'\" >&2\nexit 1",
     )
@@ -112,19 +126,19 @@ def test_a_failure_names_the_useful_line_and_caches_nothing(tmp_path: Path) -> N
 
 
 def test_a_hanging_dump_times_out_with_its_children(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(airflow_cli, "TIMEOUT_SECONDS", 1.0)
-    install = fake_install(tmp_path, "sleep 60 &\nsleep 60")
+    install = fake_install(open_tmp, "sleep 60 &\nsleep 60")
     started = time.monotonic()
     with pytest.raises(RuntimeFailure, match="took more than 1 s"):
         cli_definition(install)
     assert time.monotonic() - started < 10
 
 
-def test_not_an_install(tmp_path: Path) -> None:
+def test_not_an_install(open_tmp: Path) -> None:
     with pytest.raises(RuntimeFailure, match="is not an Airflow install"):
-        cli_definition(tmp_path)
+        cli_definition(open_tmp)
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)

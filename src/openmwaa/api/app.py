@@ -15,7 +15,7 @@ from typing import Any
 from anyio import to_thread
 from botocore.model import OperationModel
 
-from openmwaa.api import protocol, sigv4, workers
+from openmwaa.api import credentials, protocol, sigv4, workers
 from openmwaa.api.asgi import BodyIncomplete, BodyTooLarge, Receive, Scope, Send, read_body
 from openmwaa.api.provider import MwaaProvider
 from openmwaa.api.validation import validate, validate_labels
@@ -50,11 +50,13 @@ class MwaaApi:
         identities: Identities,
         region: str,
         worker_routes: workers.WorkerRoutes | None = None,
+        credential_routes: credentials.CredentialRoutes | None = None,
     ) -> None:
         self._provider = provider
         self._identities = identities
         self._region = region
         self._workers = worker_routes
+        self._credentials = credential_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -103,6 +105,11 @@ class MwaaApi:
                 return _closing((401, _JSON, b'{"detail":"Not authenticated"}'))
             body = await self._body(receive, headers, workers.MAX_BODY)
             return await self._workers.execution(method, path, query, raw_headers, body)
+
+        if self._credentials is not None and credentials.is_credentials_path(path):
+            # Environments' processes, with their token (not SigV4): no body is read.
+            response = await self._credentials.handle(method, path, headers)
+            return _closing(response) if _has_body(headers) else response
 
         try:
             signed = sigv4.read_header(raw_headers, region=self._region, service=SIGNING_NAME)

@@ -36,8 +36,13 @@ class DagMirror:
         target: Path,
         manifest: Path,
         interval: float = 1.0,
+        *,
+        shared: bool = False,
     ) -> None:
+        """``shared``: files are written readable by the folder's group (0640, folders
+        02750), for an environment whose processes run as a user of its own."""
         self.store = store
+        self.shared = shared
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.target = target
@@ -86,7 +91,9 @@ class DagMirror:
                     continue  # deleted between list and get: next pass sees it
                 if dest.is_dir():
                     _remove_tree(dest)
-                write_atomic(dest, data, durable=False)
+                if self.shared:
+                    self._make_dirs(dest.parent)
+                write_atomic(dest, data, 0o640 if self.shared else None, durable=False)
                 self._manifest[rel] = etag
                 changed = True
             changed |= self._delete_extra(set(wanted))
@@ -97,6 +104,17 @@ class DagMirror:
                 self._save_manifest()
             self.last_error = None
             return changed
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Sub-folders of the target, group-readable (the target's set-group-id bit gives
+        them its group)."""
+        missing = []
+        while folder != self.target and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            path.mkdir(exist_ok=True)
+            os.chmod(path, 0o2750)  # noqa: S103 - the environment group reads its DAGs
 
     def _delete_extra(self, wanted: set[str]) -> bool:
         changed = False

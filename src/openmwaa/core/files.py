@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +34,37 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int | None = None, *, durable: bool = True) -> None:
+def write_atomic(
+    path: Path,
+    data: bytes,
+    mode: int | None = None,
+    *,
+    durable: bool = True,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new file, never a mix.
 
     ``durable``: the file and its folder are fsynced before this returns (state files);
     off for bulk copies whose loss only costs a download again (the DAG mirror).
+    ``owner``: (uid, gid) the file is given before it appears (a file the server writes
+    for an environment's user). The temporary file is created exclusively and never
+    through a symlink, so a folder an environment's user can write into cannot turn the
+    server's write into one somewhere else.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, flags, 0o666 if mode is None else mode)
+        with open(fd, "wb") as fh:
             if mode is not None:
-                os.fchmod(fh.fileno(), mode)
+                os.fchmod(fd, mode)
+            if owner is not None:
+                os.fchown(fd, *owner)
             fh.write(data)
             if durable:
                 fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -58,9 +73,11 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, *, durable: b
         fsync_dir(path.parent)
 
 
-def write_json(path: Path, data: Any, mode: int | None = None) -> None:
+def write_json(
+    path: Path, data: Any, mode: int | None = None, owner: tuple[int, int] | None = None
+) -> None:
     """``data`` as JSON, durably and atomically."""
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode(), mode)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode(), mode, owner=owner)
 
 
 def read_json(path: Path, *, expect: type = dict) -> Any:

@@ -8,11 +8,13 @@ from openmwaa.runtime.base import RuntimeFailure
 
 if TYPE_CHECKING:
     from openmwaa.runtime.base import Backend
+    from openmwaa.runtime.local.context import ExecutionRoles
     from openmwaa.settings import Settings
 
 
-def make_backend(settings: Settings) -> Backend:
-    """The backend named by ``settings.backend``."""
+def make_backend(settings: Settings, roles: ExecutionRoles | None = None) -> Backend:
+    """The backend named by ``settings.backend``; ``roles``: the execution roles its
+    environments act with (runtime/roles.py), None when the server has no AWS credentials."""
     if settings.backend == "local":
         from openmwaa.runtime import celery, database
         from openmwaa.runtime.local import LocalBackend
@@ -35,6 +37,8 @@ def make_backend(settings: Settings) -> Backend:
             airflow_database_url=settings.airflow_database_url,
             broker_url=settings.broker_url,
             rabbitmq_management_url=settings.rabbitmq_management_url,
+            roles=roles,
+            isolate=settings.isolate,
         )
     # Other backends ("test": runtime/testing.py, later "kubernetes") are added here.
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -47,6 +47,7 @@ from typing import Any
 from openmwaa.core.files import write_atomic
 from openmwaa.runtime.base import RuntimeFailure
 from openmwaa.runtime.installs import useful_error_line
+from openmwaa.runtime.tenancy import Tenant
 
 FORMAT = 1
 CACHE_NAME = f"openmwaa-cli-v{FORMAT}.json"
@@ -172,6 +173,8 @@ def _dump(install: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="openmwaa-cli-") as tmp:
         home = Path(tmp)
         out = home / "definition.json"
+        if os.geteuid() == 0:
+            os.chown(home, *NOBODY_IDS)
         env = {
             "PATH": f"{install / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             "HOME": tmp,
@@ -185,7 +188,11 @@ def _dump(install: Path) -> dict[str, Any]:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONNOUSERSITE": "1",
         }
-        returncode, output = _run([str(python), "-c", _DUMP_SCRIPT, str(out)], env, home)
+        argv = [str(python), "-c", _DUMP_SCRIPT, str(out)]
+        if os.geteuid() == 0:
+            # An install may hold an environment's own packages: never run them as root.
+            argv = NOBODY.wrap(argv)
+        returncode, output = _run(argv, env, home)
         if returncode is None:
             raise RuntimeFailure(
                 "AIRFLOW_CLI_UNAVAILABLE",
@@ -233,6 +240,11 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int | None, s
         proc.communicate()
         return None, ""
     return proc.returncode, output.decode("utf-8", errors="replace")
+
+
+NOBODY_IDS = (65534, 65534)
+NOBODY = Tenant("nobody", *NOBODY_IDS)
+"""Who reads an install's CLI definition when the server runs as root."""
 
 
 def forget(install: Path | None = None) -> None:

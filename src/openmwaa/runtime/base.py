@@ -50,6 +50,9 @@ class EnvironmentSpec:
     endpoint_url: str | None = None
     """URL of the environment's endpoint (``http://HOST:PORT``), through which users reach
     its UI and API; Airflow's ``[api] base_url`` when set, so links go through it."""
+    execution_role_arn: str | None = None
+    """The role the environment acts with in AWS (its bucket reads, its tasks' credentials),
+    when the server has AWS credentials of its own (runtime/roles.py)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,11 @@ class Backend(Protocol):
 
     def airflow_cli(self, spec: EnvironmentSpec) -> AirflowCli:
         """How to run the Airflow CLI of a started environment; RuntimeFailure if it cannot."""
+        ...
+
+    def isolation_problems(self) -> list[str]:
+        """What leaves environments not isolated from each other or from the server (no
+        users of their own, no resource limits), in words; empty when nothing does."""
         ...
 
     def worker_load(self, spec: EnvironmentSpec) -> WorkerLoad | None:

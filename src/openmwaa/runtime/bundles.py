@@ -36,6 +36,10 @@ HOST_KEYS = frozenset(
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+        # The execution role's credentials are served on the control plane's loopback
+        # only (botocore refuses plain HTTP elsewhere): not for other hosts (README).
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
         "AIRFLOW__API__HOST",
         "AIRFLOW__API__PORT",

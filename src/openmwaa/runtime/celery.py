@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import psutil
 
 from openmwaa.runtime.base import RuntimeFailure
-from openmwaa.runtime.children import HELPERS, inherited_env
 
 CREDENTIALS_REFUSED = "BROKER_CREDENTIALS_REFUSED"
 """RuntimeFailure code of a broker that answers but refuses the URL's account (or its
@@ -211,35 +209,6 @@ def celery_environment(
         # Every key of this environment under its own prefix (queues, unacked, bindings).
         env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"] = redis_key_prefix(queue)
     return env
-
-
-_PURGE = (
-    "import os, redis\n"
-    "r = redis.from_url(os.environ['BROKER_URL'])\n"
-    "keys = list(r.scan_iter(match=os.environ['PREFIX'] + '*', count=1000))\n"
-    "print(r.delete(*keys) if keys else 0)\n"
-)
-
-
-def purge_redis_keys(python: Path, broker_url: str, prefix: str) -> int:
-    """Delete a deleted environment's keys (its queue, bindings, unacked tasks) from Redis.
-
-    Run with the environment's own Airflow install, which has the Redis client the
-    control plane does not need otherwise; the URL goes by environment, never argv.
-    """
-    if not broker_address(broker_url)[0].startswith("redis"):
-        return 0  # RabbitMQ: the queue is the environment's own; nothing is left over
-    code, out, err = HELPERS.run(
-        [str(python), "-c", _PURGE],
-        env={**inherited_env(), "BROKER_URL": broker_url, "PREFIX": prefix},
-        cwd=python.parent,
-        timeout=60,
-        keep={"BROKER_URL"},
-    )
-    if code != 0:
-        lines = err.strip().splitlines() or ["the purge helper failed"]
-        raise RuntimeFailure("BROKER_FAILED", lines[-1][:300])
-    return int(out.strip() or 0)
 
 
 def worker_argv(airflow: str, queue: str, hostname: str, concurrency: int) -> list[str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from openmwaa.runtime.base import Interrupted
+from openmwaa.runtime.tenancy import SERVER, Tenant
 
 UMASK = 0o077
 """Files made by anything the server starts are readable by its user alone."""
@@ -56,9 +57,13 @@ def inherited_env(home: Path | None = None) -> dict[str, str]:
     return env
 
 
+NOT_SECRET = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION"})
+"""Set on purpose for environments with an execution role; equal to the server's often."""
+
+
 def server_secret(name: str, value: str) -> bool:
     """Whether ``name=value`` is a sensitive variable copied from the server's environment."""
-    if is_inherited(name) or name == MARKER or os.environ.get(name) != value:
+    if is_inherited(name) or name == MARKER or name in NOT_SECRET or os.environ.get(name) != value:
         return False
     sensitive = name.startswith(_SENSITIVE_PREFIXES) or _SENSITIVE_NAME.search(name)
     return name == "HOME" or bool(sensitive)
@@ -73,10 +78,18 @@ def child_env(env: Mapping[str, str], home: Path, keep: Collection[str] = ()) ->
     return clean
 
 
-def popen(argv: list[str], *, env: Mapping[str, str], cwd: Path | None, **kwargs: Any) -> Any:
-    """``subprocess.Popen`` in a session of its own, with umask 077 and no inherited fds."""
+def popen(
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    tenant: Tenant = SERVER,
+    **kwargs: Any,
+) -> Any:
+    """``subprocess.Popen`` in a session of its own, with umask 077 and no inherited fds,
+    as ``tenant`` (its cgroups joined, its user's ids) when the environment has one."""
     return subprocess.Popen(
-        argv,
+        tenant.wrap(argv),
         env=dict(env),
         cwd=cwd,
         start_new_session=True,
@@ -129,11 +142,14 @@ class Helpers:
         keep: Collection[str] = (),
         stdout: int | IO[Any] = subprocess.PIPE,
         stderr: int | IO[Any] = subprocess.PIPE,
+        tenant: Tenant = SERVER,
     ) -> tuple[int, str, str]:
         """Run a helper to completion: (exit code, stdout, stderr) as text.
 
         ``subprocess.TimeoutExpired`` after ``timeout`` (its whole process group is
         killed first); Interrupted when ``cancel_all`` ended it. ``keep``: see child_env.
+        ``tenant``: the environment the helper works for (a startup script, a requirement's
+        build) runs as that environment's user, inside its limits.
         """
         with self._lock:
             self.check()
@@ -141,6 +157,7 @@ class Helpers:
                 argv,
                 env=child_env(env, cwd, keep),
                 cwd=cwd,
+                tenant=tenant,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,

@@ -135,6 +135,8 @@ def airflow_environment(
     tasks_per_worker: int,
     options: Mapping[str, str],
     public_url: str | None = None,
+    dags_folder: Path | None = None,
+    plugins_folder: Path | None = None,
 ) -> dict[str, str]:
     """The variables every component of the environment runs with (secrets included).
 
@@ -153,8 +155,8 @@ def airflow_environment(
             "AIRFLOW_HOME": str(airflow_home),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(airflow_home / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(airflow_home / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder or airflow_home / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder or airflow_home / "plugins"),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn,
             "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 from pathlib import Path
@@ -29,22 +30,50 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def copy_template(install: Path, target: Path) -> None:
-    """Create ``target`` from the install's migrated template, atomically."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(install / TEMPLATE_DB, tmp)
-    os.replace(tmp, target)
+def copy_template(install: Path, target: Path, owner: tuple[int, int] | None = None) -> None:
+    """Create ``target`` from the install's migrated template, atomically (given to
+    ``owner``, the environment's user, before it appears)."""
+    tmp = _exclusive_tmp(target, owner)
+    try:
+        with open(install / TEMPLATE_DB, "rb") as src, open(tmp, "r+b") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def copy_sqlite(source: Path, target: Path) -> None:
-    """A consistent copy of a SQLite DB (its components are stopped), atomically."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
-        src.backup(dst)
-    # A write-ahead log or journal left by the replaced DB would be replayed onto the copy.
-    for leftover in ("-wal", "-shm", "-journal"):
-        target.with_name(target.name + leftover).unlink(missing_ok=True)
-    os.replace(tmp, target)
+def copy_sqlite(source: Path, target: Path, owner: tuple[int, int] | None = None) -> None:
+    """A consistent copy of a SQLite DB (its components are stopped), atomically.
+
+    Both may sit in a folder the environment's user writes: a link planted in place of
+    the source is refused (the server would copy what it points to), and the copy is
+    made in a fresh file of its own, never through a planted name."""
+    if source.is_symlink():
+        raise OSError(f"{source} is a symbolic link; refusing to copy it")
+    tmp = _exclusive_tmp(target, owner)
+    try:
+        with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
+            src.backup(dst)
+        # A write-ahead log or journal left by the replaced DB would be replayed onto the copy.
+        for leftover in ("-wal", "-shm", "-journal"):
+            target.with_name(target.name + leftover).unlink(missing_ok=True)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _exclusive_tmp(target: Path, owner: tuple[int, int] | None) -> Path:
+    """A new empty file beside ``target`` with a name nobody could have planted."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+    return tmp
 
 
 def pg_name(env_name: str) -> str:

@@ -21,20 +21,25 @@ to the user's requirements.txt unless it names its own (``-c``/``--constraint``)
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from openmwaa.runtime import interpreter
 from openmwaa.runtime.base import Progress, RuntimeFailure
 from openmwaa.runtime.children import HELPERS, inherited_env
+from openmwaa.runtime.tenancy import SERVER, Tenant, placement
 
 SUPPORTED_VERSIONS = ["3.3.2", "3.0.6"]
 """Newest first; the first is the default."""
@@ -98,7 +103,8 @@ def install_key(version: str, requirements_text: str | None) -> str:
     The pins are part of the key so a release with new constraints builds new
     installs instead of reusing ones resolved differently.
     """
-    pins = hashlib.sha256(constraints_file(version).read_bytes()).hexdigest()[:8]
+    pins_and_python = constraints_file(version).read_bytes() + base_python().encode()
+    pins = hashlib.sha256(pins_and_python).hexdigest()[:8]
     reqs = normalize_requirements(requirements_text)
     if not reqs:
         return f"airflow-{version}-{pins}"
@@ -116,9 +122,15 @@ def uv_binary() -> str:
     return found
 
 
+@functools.cache
 def base_python() -> str:
-    """The interpreter installs are made from (the base of the control plane's venv)."""
-    return getattr(sys, "_base_executable", None) or sys.executable
+    """The interpreter installs are made from: the base of the control plane's venv, or,
+    when the server runs as root and that one sits where environments' users cannot run
+    it (a Python under /root), a copy of it open to them (runtime/interpreter.py)."""
+    own = getattr(sys, "_base_executable", None) or sys.executable
+    if os.geteuid() != 0 or interpreter.runnable_by_all(own):
+        return own
+    return str(interpreter.shared_copy(own, placement.tenant_base()))
 
 
 def is_ready(path: Path) -> bool:
@@ -208,8 +220,19 @@ def ensure_install(
     version: str,
     requirements_text: str | None = None,
     progress: Progress | None = None,
+    *,
+    builder: Tenant | None = None,
+    cache: Path | None = None,
 ) -> Path:
     """The ready install for (version, requirements), building it if needed.
+
+    ``builder``: the environment whose requirements.txt this is, when environments have
+    users of their own: resolving and installing its requirements (whose build steps
+    run the user's code) runs as that user, with its own uv ``cache`` folder, and the
+    install is that environment's alone (another environment with the same file gets
+    its own, so no environment can slip code into another's). Airflow itself is always
+    installed by the server from the shipped pins, and every install ends read-only
+    for everyone, the server's own.
 
     Raises RuntimeFailure("INCORRECT_REQUIREMENTS", <uv's useful line>) when
     the requirements cannot be installed, Interrupted when ``cancel_all`` was called.
@@ -218,21 +241,31 @@ def ensure_install(
     say = progress or (lambda _line: None)
     constraints = constraints_file(version)
     runtimes = data_dir / "runtimes"
+    reqs = normalize_requirements(requirements_text)
+    if not reqs or (builder is not None and not builder.isolated):
+        builder = None
     key = install_key(version, requirements_text)
+    if builder is not None:
+        key = f"{key}-{builder.user}"
     final = runtimes / key
     _clean_once(data_dir)
     if is_ready(final):
-        return final
+        _readable_once(final)
+        return final.resolve()
     with _locked(runtimes / f".{key}.lock"):
         if is_ready(final):
-            return final
+            _readable_once(final)
+            return final.resolve()
         runtimes.mkdir(parents=True, exist_ok=True)
-        reqs = normalize_requirements(requirements_text)
+        runtimes = runtimes.resolve()  # builders may not pass through the data dir
+        os.chmod(runtimes, 0o711)  # noqa: S103 - passable by environments, not listable
+        work = _Work(builder, cache)
         if reqs:
-            _check_requirements(runtimes, key, reqs, constraints, say)
+            _check_requirements(runtimes, key, reqs, constraints, say, work)
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=runtimes))
         try:
-            _build(tmp, version, constraints, reqs, say)
+            _build(tmp, version, constraints, reqs, say, work)
+            make_readable(tmp)
             if final.exists():
                 shutil.rmtree(final)  # an unfinished install from an interrupted build
             os.rename(tmp, final)
@@ -240,7 +273,8 @@ def ensure_install(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     say(f"Airflow {version} install ready")
-    return final
+    # Its real path: environments' users may not pass through the data dir's parents.
+    return final.resolve()
 
 
 def uv_env() -> dict[str, str]:
@@ -255,9 +289,36 @@ def uv_env() -> dict[str, str]:
     return env
 
 
-def _uv(args: list[str], code: str, what: str, cwd: Path) -> None:
-    env = uv_env()
-    returncode, out, err = HELPERS.run([uv_binary(), *args], env=env, cwd=cwd, keep=set(env))
+@dataclass(frozen=True)
+class _Work:
+    """Who installs an environment's requirements (None: the server) and uv's cache then."""
+
+    builder: Tenant | None = None
+    cache: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        env = uv_env()
+        if self.builder is not None:
+            # The user's own cache and home: the server's cache is not theirs to fill.
+            env.pop("XDG_CACHE_HOME", None)
+            if self.cache is not None:
+                env["UV_CACHE_DIR"] = str(self.cache)
+                env["HOME"] = str(self.cache.parent)
+        return env
+
+
+_SERVER_WORK = _Work()
+
+
+def _uv(args: list[str], code: str, what: str, cwd: Path, work: _Work = _SERVER_WORK) -> None:
+    env = work.env()
+    returncode, out, err = HELPERS.run(
+        [uv_binary(), *args],
+        env=env,
+        cwd=cwd,
+        keep=set(env),
+        tenant=work.builder or SERVER,
+    )
     if returncode != 0:
         raise RuntimeFailure(code, f"{what}: {useful_uv_line(err or out)}")
 
@@ -279,15 +340,19 @@ def useful_uv_line(output: str) -> str:
 
 
 def _requirements_args(req_file: Path, reqs: str, constraints: Path) -> list[str]:
-    """``-r`` the user's file, with our constraints unless it brings its own (as MWAA)."""
+    """``-r`` the user's file, with our constraints unless it brings its own (as MWAA).
+    The constraints are copied beside it: an environment's user may not reach the
+    server's own copy."""
     args = ["-r", req_file.name]
     if not _CONSTRAINT_LINE.search(reqs):
-        args += ["--constraint", str(constraints)]
+        local = req_file.with_name("constraints.txt")
+        shutil.copyfile(constraints, local)
+        args += ["--constraint", str(local)]
     return args
 
 
 def _check_requirements(
-    runtimes: Path, key: str, reqs: str, constraints: Path, say: Progress
+    runtimes: Path, key: str, reqs: str, constraints: Path, say: Progress, work: _Work
 ) -> None:
     """Resolve requirements.txt alone first: a bad one fails in a second, not after a build."""
     say("checking requirements.txt")
@@ -296,10 +361,13 @@ def _check_requirements(
         req_file.write_text(reqs + "\n")
         args = ["pip", "compile", "--python", base_python(), "--no-header"]
         args += _requirements_args(req_file, reqs, constraints)[1:]  # compile: file positional
-        _uv(args, "INCORRECT_REQUIREMENTS", "requirements.txt", cwd=Path(tmp))
+        _give(Path(tmp), work)
+        _uv(args, "INCORRECT_REQUIREMENTS", "requirements.txt", cwd=Path(tmp), work=work)
 
 
-def _build(tmp: Path, version: str, constraints: Path, reqs: str, say: Progress) -> None:
+def _build(
+    tmp: Path, version: str, constraints: Path, reqs: str, say: Progress, work: _Work
+) -> None:
     started = time.monotonic()
     say(f"installing Airflow {version}")
     _uv(
@@ -325,16 +393,74 @@ def _build(tmp: Path, version: str, constraints: Path, reqs: str, say: Progress)
         f"installing Airflow {version} failed",
         cwd=tmp,
     )
+    if work.builder is not None:
+        # The template from Airflow alone, before any of the user's code is installed:
+        # the server never runs an interpreter that has it.
+        say("preparing the metadata database template")
+        _migrate_template(tmp)
     if reqs:
         say("installing requirements.txt")
         req_file = tmp / "requirements.txt"
         req_file.write_text(reqs + "\n")
         args = ["pip", "install", "--compile-bytecode", "--python", python]
         args += _requirements_args(req_file, reqs, constraints)
-        _uv(args, "INCORRECT_REQUIREMENTS", "requirements.txt", cwd=tmp)
-    say("preparing the metadata database template")
-    _migrate_template(tmp)
+        _give(tmp, work)
+        try:
+            _uv(args, "INCORRECT_REQUIREMENTS", "requirements.txt", cwd=tmp, work=work)
+        finally:
+            _take_back(tmp, work)
+    if work.builder is None:
+        say("preparing the metadata database template")
+        _migrate_template(tmp)
     (tmp / _READY).write_text(f"{version} {time.monotonic() - started:.1f}s\n")
+
+
+def _give(folder: Path, work: _Work) -> None:
+    """Hand a build folder to the environment's user for its requirements' install."""
+    owner = work.builder.owner() if work.builder else None
+    if owner is None:
+        return
+    _chown_tree(folder, *owner)
+
+
+def _take_back(folder: Path, work: _Work) -> None:
+    """The built install becomes the server's again (its user can change it no more)."""
+    if work.builder is not None:
+        _chown_tree(folder, os.geteuid(), os.getegid())
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+_readable: set[Path] = set()
+
+
+def make_readable(top: Path) -> None:
+    """Every file of an install readable (and folders passable) by everyone, written by
+    none but its owner: environments' users run it, read-only."""
+    for dirpath, _dirnames, filenames in os.walk(top):
+        os.chmod(dirpath, 0o755)  # noqa: S103 - read-only for everyone by design
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            executable = mode & stat.S_IXUSR
+            os.chmod(path, 0o755 if executable else 0o644)  # noqa: S103
+
+
+def _readable_once(install: Path) -> None:
+    """Installs built before environments had users of their own were the server's alone."""
+    with _cleaned_lock:
+        if install in _readable:
+            return
+        _readable.add(install)
+    if os.stat(install).st_mode & 0o005 != 0o005:
+        make_readable(install)
 
 
 def _migrate_template(install: Path) -> None:

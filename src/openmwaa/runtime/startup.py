@@ -21,6 +21,7 @@ from pathlib import Path
 
 from openmwaa.runtime.base import RuntimeFailure
 from openmwaa.runtime.children import HELPERS, child_env
+from openmwaa.runtime.tenancy import SERVER, Tenant
 
 STARTUP_TIMEOUT = 300.0
 _SHELL_NOISE = {"_", "SHLVL", "PWD", "OLDPWD", "OPENMWAA_ENV_OUT"}
@@ -34,14 +35,19 @@ def run_startup_script(
     log_path: Path,
     protected: set[str],
     timeout: float = STARTUP_TIMEOUT,
+    tenant: Tenant = SERVER,
 ) -> dict[str, str]:
-    """Run ``script``; return the variables it set (minus ``protected`` ones).
+    """Run ``script`` (as ``tenant``, the environment's user, in ``cwd``, a folder of
+    its own); return the variables it set (minus ``protected`` ones).
 
     Raises RuntimeFailure("STARTUP_SCRIPT_FAILED", ...) on a non-zero exit or timeout,
     Interrupted when the server stops meanwhile.
     """
     with tempfile.NamedTemporaryFile(prefix="startup-env-", dir=cwd, delete=False) as out:
         out_path = Path(out.name)
+        owner = tenant.owner()
+        if owner is not None:
+            os.fchown(out.fileno(), *owner)
     given = child_env(env, cwd)
     component = env.get("MWAA_AIRFLOW_COMPONENT", "")
     try:
@@ -55,6 +61,7 @@ def run_startup_script(
                     cwd=cwd,
                     keep={"OPENMWAA_ENV_OUT"},
                     timeout=timeout,
+                    tenant=tenant,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -70,7 +77,7 @@ def run_startup_script(
                 "STARTUP_SCRIPT_FAILED",
                 f"startup script ({component}) exited with code {returncode}{last}",
             )
-        after = _parse_env0(out_path.read_bytes())
+        after = _parse_env0(_read_own(out_path))
     finally:
         out_path.unlink(missing_ok=True)
     return {
@@ -78,6 +85,14 @@ def run_startup_script(
         for k, v in after.items()
         if given.get(k) != v and k not in _SHELL_NOISE and k not in protected
     }
+
+
+def _read_own(path: Path) -> bytes:
+    """The script's output file, never through a link the script may have put in its
+    place (the server would read, and hand the environment, whatever it points to)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with open(fd, "rb") as fh:
+        return fh.read(16 << 20)
 
 
 def _parse_env0(data: bytes) -> dict[str, str]:

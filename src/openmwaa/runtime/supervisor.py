@@ -42,6 +42,7 @@ from openmwaa.runtime.orphans import (
     recorded_sessions,
     terminate,
 )
+from openmwaa.runtime.tenancy import SERVER, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class ComponentSpec:
     log_path: Path
     fingerprint: str = ""
     """Identifies the configuration; an orphan is adopted only when it matches."""
+    tenant: Tenant = SERVER
+    """Who the component runs as, in which cgroups (the environment's)."""
 
 
 @dataclass
@@ -174,6 +177,7 @@ class Supervisor:
                 spec.argv,
                 env=child_env(spec.env, spec.cwd),
                 cwd=spec.cwd,
+                tenant=spec.tenant,
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,

@@ -106,6 +106,12 @@ class ProcessBackend:
     def airflow_cli(self, spec: EnvironmentSpec) -> AirflowCli:
         raise RuntimeFailure("NO_AIRFLOW_CLI", "the test backend runs no Airflow CLI")
 
+    def isolation_problems(self) -> list[str]:
+        """Its placeholder processes run as the server: said when that is not root."""
+        from openmwaa.runtime.tenancy.users import isolation_problem
+
+        return [p for p in [isolation_problem()] if p]
+
     def stop(self, spec: EnvironmentSpec) -> None:
         process = self._process(spec)
         if process is not None:

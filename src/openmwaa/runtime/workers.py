@@ -20,6 +20,7 @@ from pathlib import Path
 
 from openmwaa.runtime.celery import WORKER_PREFIX, running_tasks, worker_argv, worker_index
 from openmwaa.runtime.supervisor import Component, ComponentSpec, Supervisor, tail
+from openmwaa.runtime.tenancy import SERVER, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ class WorkerTemplate:
     log_port: Callable[[str, bool], int]
     """A log-server port for the named worker, kept across restarts; replaced when busy
     if the second argument is true (a worker about to start, not one being adopted)."""
+    tenant: Tenant = SERVER
+    """Who the workers run as (the environment's user and cgroups)."""
+    pid_dir: Path | None = None
+    """Where Celery writes its pid files (a folder the workers' user may write; the
+    server's own pid records stay in ``run_dir``); ``run_dir`` when None."""
 
 
 class WorkerPool:
@@ -81,12 +87,13 @@ class WorkerPool:
             argv=[
                 *worker_argv(template.airflow, template.queue, hostname, template.concurrency),
                 "--pid",
-                str(template.run_dir / f"{name}.pid"),
+                str((template.pid_dir or template.run_dir) / f"{name}.pid"),
             ],
             env=env,
             cwd=template.cwd,
             log_path=template.log_dir / f"{name}.log",
             fingerprint=template.fingerprint,
+            tenant=template.tenant,
         )
 
     def states(self, group: str) -> dict[str, str]:

@@ -321,6 +321,7 @@ class Environments:
             logging=logging,
             celery_queue=config["CeleryExecutorQueue"].rsplit(":", 1)[-1],
             endpoint_url=self._endpoint_url(name, config["WebserverAccessMode"]),
+            execution_role_arn=config.get("ExecutionRoleArn"),
         )
 
 

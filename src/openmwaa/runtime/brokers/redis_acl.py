@@ -115,6 +115,22 @@ class RespClient:
         raise OSError("answered, but not as a Redis server")
 
 
+def purge_keys(admin_url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` (a deleted environment's queue, bindings and
+    unacked tasks), in this process: no environment's install ever sees the admin URL."""
+    removed = 0
+    with RespClient(admin_url) as client:
+        cursor = "0"
+        while True:
+            cursor, keys = client.call(
+                "SCAN", cursor, "MATCH", _glob_escape(prefix) + "*", "COUNT", "1000"
+            )
+            if keys:
+                removed += int(client.call("UNLINK", *keys))
+            if cursor == "0":
+                return removed
+
+
 def _glob_escape(text: str) -> str:
     """``text`` as a literal in a Redis glob pattern."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)

@@ -79,7 +79,7 @@ def airflow_cli(ctx: Context, spec: EnvironmentSpec) -> AirflowCli:
         raise RuntimeFailure("NOT_RUNNING", f"environment {spec.name} is not running")
     airflow = Path(scheduler.spec.argv[0])
     return AirflowCli(
-        argv=(str(airflow),),
+        argv=tuple(scheduler.spec.tenant.wrap([str(airflow)])),
         env=dict(scheduler.spec.env),
         cwd=scheduler.spec.cwd,
         definition=cli_definition(airflow.parent.parent),

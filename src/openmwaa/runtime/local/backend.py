@@ -34,13 +34,15 @@ from openmwaa.runtime.config import Secrets
 from openmwaa.runtime.installs import SUPPORTED_VERSIONS
 from openmwaa.runtime.local import access, health, lifecycle
 from openmwaa.runtime.local.components import ensure_broker_account, fingerprint
-from openmwaa.runtime.local.context import Context
+from openmwaa.runtime.local.context import Context, ExecutionRoles
 from openmwaa.runtime.local.layout import Layout
 from openmwaa.runtime.local.mirror import ensure_mirror, stop_mirror
 from openmwaa.runtime.local.prepare import materialize, prepare
 from openmwaa.runtime.local.state import load_secrets, save_state, spec_dict
 from openmwaa.runtime.ports import PortRegistry
 from openmwaa.runtime.supervisor import Supervisor
+from openmwaa.runtime.tenancy import placement
+from openmwaa.runtime.tenancy.registry import Tenancy
 from openmwaa.runtime.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,12 @@ class LocalBackend:
         broker_url: str | None = None,
         rabbitmq_management_url: str | None = None,
         store: BucketStore | None = None,
+        isolate: bool = True,
+        roles: ExecutionRoles | None = None,
     ) -> None:
+        """``isolate``: give each environment a user of its own when running as root
+        (off only for tools that must run environments as the server's user). ``roles``:
+        the execution roles environments act with (None: the server has no AWS credentials)."""
         if broker_url and not airflow_database_url:
             raise ValueError("Celery workers need a PostgreSQL metadata database URL too")
         data_dir = Path(data_dir)
@@ -80,7 +87,11 @@ class LocalBackend:
             http=httpx.Client(trust_env=False),
             supervisor=supervisor,
             workers=WorkerPool(supervisor),
+            tenancy=Tenancy(data_dir, isolate=isolate),
+            roles=roles,
         )
+        if self.ctx.tenancy is not None and self.ctx.tenancy.isolated:
+            self.ctx.environments = placement.expose(data_dir)["environments"]
 
     # Shared parts, for tests and tools.
     @property
@@ -207,6 +218,9 @@ class LocalBackend:
     def airflow_cli(self, spec: EnvironmentSpec) -> AirflowCli:
         return access.airflow_cli(self.ctx, spec)
 
+    def isolation_problems(self) -> list[str]:
+        return self.ctx.tenancy.problems() if self.ctx.tenancy else ["isolation is turned off"]
+
     def destroy(self, spec: EnvironmentSpec, progress: Progress) -> None:
         say = self._guarded(progress)
         env = self.ctx.env(spec.name)
@@ -217,6 +231,8 @@ class LocalBackend:
             self.ctx.supervisor.stop(spec.name)
             layout = self.ctx.layout(spec.name)
             lifecycle.kill_orphans(layout.root)
+            if self.ctx.tenancy is not None:
+                self.ctx.tenancy.remove(spec.name)  # its user, cgroups and anything left
             lifecycle.purge_broker(self.ctx, spec)
             if self.ctx.airflow_database_url:
                 say("dropping the metadata database")

@@ -106,6 +106,8 @@ def component_env(ctx: Context, prepared: Prepared) -> dict[str, str]:
     env.update(
         airflow_environment(
             airflow_home=layout.home,
+            dags_folder=layout.dags,
+            plugins_folder=layout.plugins,
             install=prepared.install,
             sql_alchemy_conn=prepared.sql_alchemy_conn,
             ports=prepared.ports,
@@ -127,6 +129,7 @@ def component_env(ctx: Context, prepared: Prepared) -> dict[str, str]:
             )
         )
         env["AIRFLOW__CORE__PARALLELISM"] = str(spec.tasks_per_worker * MAX_WORKERS_CAP)
+    env.update(ctx.role_env(spec))
     env.update(
         {
             MARKER: str(layout.root),
@@ -146,6 +149,7 @@ def fingerprint(ctx: Context, prepared: Prepared) -> str:
         "components": component_names(ctx, prepared.spec),
         "plugins": prepared.plugins_hash,
         "startup": prepared.startup_hash,
+        "tenant": ctx.tenant(prepared.spec.name).user,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -169,6 +173,7 @@ def component_specs(
                 cwd=layout.home,
                 log_path=layout.log(component),
                 fingerprint=fingerprint,
+                tenant=ctx.tenant(prepared.spec.name),
             )
         )
     return specs

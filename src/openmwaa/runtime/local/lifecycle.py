@@ -8,7 +8,6 @@ those that run the current configuration and stops every other leftover.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from openmwaa.runtime import celery
 from openmwaa.runtime.base import EnvironmentSpec, Progress, RuntimeFailure, WorkerBundle
+from openmwaa.runtime.brokers.redis_acl import RespError, purge_keys
 from openmwaa.runtime.bundles import portable_env
 from openmwaa.runtime.installs import useful_error_line
 from openmwaa.runtime.local import health
@@ -29,7 +29,7 @@ from openmwaa.runtime.local.components import (
 )
 from openmwaa.runtime.local.context import Context
 from openmwaa.runtime.local.mirror import ensure_mirror, stop_mirror
-from openmwaa.runtime.local.state import load_exports, load_state_lenient, save_exports
+from openmwaa.runtime.local.state import load_exports, save_exports
 from openmwaa.runtime.ports import port_is_free
 from openmwaa.runtime.startup import run_startup_script
 from openmwaa.runtime.supervisor import (
@@ -90,6 +90,8 @@ def configure_workers(
             log_port=lambda worker, replace_busy: ctx.ports.named_port(
                 spec.name, worker, replace_busy=replace_busy
             ),
+            tenant=ctx.tenant(spec.name),
+            pid_dir=layout.celery_run,
         ),
     )
 
@@ -199,9 +201,10 @@ def run_startup(ctx: Context, prepared: Prepared, progress: Progress) -> dict[st
         return run_startup_script(
             layout.startup_script,
             {**base, "MWAA_AIRFLOW_COMPONENT": kind},
-            cwd=layout.root,
+            cwd=layout.home,
             log_path=layout.logs / f"startup-{kind}.log",
             protected=protected | {"MWAA_AIRFLOW_COMPONENT"},
+            tenant=ctx.tenant(prepared.spec.name),
         )
 
     with ThreadPoolExecutor(len(kinds)) as pool:
@@ -239,20 +242,18 @@ def purge_broker(ctx: Context, spec: EnvironmentSpec) -> None:
     A failed removal fails the step (retried): the account must not outlive it."""
     if not ctx.broker_url:
         return
-    install = load_state_lenient(ctx.layout(spec.name)).get("install")
-    if isinstance(install, str):
-        _purge_keys(spec, Path(install) / "bin" / "python", ctx.broker_url)
+    _purge_keys(spec, ctx.broker_url)
     if ctx.brokers is not None:
         ctx.brokers.remove(queue_of(spec))
         log.info("%s: removed its broker account", spec.name)
 
 
-def _purge_keys(spec: EnvironmentSpec, python: Path, admin_url: str) -> None:
+def _purge_keys(spec: EnvironmentSpec, admin_url: str) -> None:
+    if not celery.broker_address(admin_url)[0].startswith("redis"):
+        return  # RabbitMQ: the virtual host goes with its queues
     try:
-        removed = celery.purge_redis_keys(
-            python, admin_url, celery.redis_key_prefix(queue_of(spec))
-        )
-    except (RuntimeFailure, OSError, subprocess.SubprocessError, ValueError) as exc:
+        removed = purge_keys(admin_url, celery.redis_key_prefix(queue_of(spec)))
+    except (RespError, OSError, ValueError) as exc:
         # Left-over keys harm no one (the queue name is never reused): say so and go on.
         log.warning("%s: broker keys left in place: %s", spec.name, exc)
         return

@@ -33,7 +33,7 @@ def ensure_database(
         progress("creating the PostgreSQL metadata database")
         database.pg_create(ctx.airflow_database_url, spec.name, prepared.secrets.db_password)
     elif not layout.sqlite_db.exists():
-        database.copy_template(prepared.install, layout.sqlite_db)
+        database.copy_template(prepared.install, layout.sqlite_db, ctx.tenant(spec.name).owner())
         save_state(layout, migrated=version)
         return
     migrated = state.get("migrated")
@@ -56,6 +56,7 @@ def migrate(ctx: Context, prepared: Prepared) -> None:
             [str(prepared.install / "bin" / "airflow"), "db", "migrate"],
             env=component_env(ctx, prepared),
             cwd=layout.home,
+            tenant=ctx.tenant(prepared.spec.name),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -82,10 +83,11 @@ def snapshot_or_restore(
     layout = ctx.layout(spec.name)
     target = spec.airflow_version
     db = layout.sqlite_db
+    owner = ctx.tenant(spec.name).owner()
     if version_tuple(target) > version_tuple(migrated):
         if not ctx.airflow_database_url:
             progress(f"saving the Airflow {migrated} metadata database")
-            database.copy_sqlite(db, db.with_name(f"airflow.db.{migrated}"))
+            database.copy_sqlite(db, db.with_name(f"airflow.db.{migrated}"), owner)
         return False
     snapshot = db.with_name(f"airflow.db.{target}")
     if ctx.airflow_database_url or not snapshot.exists():
@@ -95,6 +97,6 @@ def snapshot_or_restore(
             f"going back to {target} is not supported",
         )
     progress(f"restoring the Airflow {target} metadata database")
-    database.copy_sqlite(snapshot, db)
+    database.copy_sqlite(snapshot, db, owner)
     save_state(layout, migrated=target)
     return True

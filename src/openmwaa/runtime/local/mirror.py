@@ -8,18 +8,27 @@ from openmwaa.runtime.local.context import Context
 
 
 def mirror_for(ctx: Context, spec: EnvironmentSpec) -> DagMirror:
-    """The environment's mirror for the spec's bucket and path (replacing one for others)."""
+    """The environment's mirror for the spec's bucket and path, read with its execution
+    role (replacing one for another bucket, path or role)."""
     env = ctx.env(spec.name)
     mirror = env.mirror
-    if mirror is None or (mirror.bucket, mirror.prefix.rstrip("/")) != (
-        spec.source_bucket,
-        spec.dag_s3_path.strip("/"),
+    store = ctx.store_for(spec)  # the same object while the role stays
+    if (
+        mirror is None
+        or mirror.store is not store
+        or (mirror.bucket, mirror.prefix.rstrip("/"))
+        != (spec.source_bucket, spec.dag_s3_path.strip("/"))
     ):
         if mirror is not None:
             mirror.stop()
         layout = ctx.layout(spec.name)
         mirror = DagMirror(
-            ctx.store, spec.source_bucket, spec.dag_s3_path, layout.dags, layout.dags_manifest
+            store,
+            spec.source_bucket,
+            spec.dag_s3_path,
+            layout.dags,
+            layout.dags_manifest,
+            shared=ctx.tenant(spec.name).isolated,
         )
         env.mirror = mirror
     return mirror

@@ -20,6 +20,7 @@ from openmwaa.runtime.base import EnvironmentSpec, Progress, RuntimeFailure
 from openmwaa.runtime.installs import SUPPORTED_VERSIONS, ensure_install
 from openmwaa.runtime.local.components import Prepared
 from openmwaa.runtime.local.context import Context
+from openmwaa.runtime.local.folders import prepare_folders, share_file, share_tree
 from openmwaa.runtime.local.metadb import ensure_database
 from openmwaa.runtime.local.mirror import mirror_for
 from openmwaa.runtime.local.state import (
@@ -29,6 +30,8 @@ from openmwaa.runtime.local.state import (
     spec_dict,
     write_passwords,
 )
+from openmwaa.runtime.tenancy import SERVER, Tenant
+from openmwaa.runtime.tenancy.limits import limits_for
 
 PLUGINS_MAX_BYTES = 1 << 30
 """plugins.zip may unpack to at most 1 GiB (a zip bomb fills the disk otherwise)."""
@@ -42,7 +45,7 @@ def fetch(
     if not path:
         return None
     try:
-        return ctx.store.get_object(spec.source_bucket, path.lstrip("/"), version)
+        return ctx.store_for(spec).get_object(spec.source_bucket, path.lstrip("/"), version)
     except ObjectNotFound as exc:
         raise RuntimeFailure("S3_OBJECT_NOT_FOUND", f"{what}: {exc}") from exc
     except BucketError as exc:
@@ -60,7 +63,8 @@ def prepare(ctx: Context, spec: EnvironmentSpec, progress: Progress) -> Prepared
             f"(supported: {', '.join(SUPPORTED_VERSIONS)})",
         )
     layout = ctx.layout(spec.name)
-    layout.create()
+    tenant = provision_tenant(ctx, spec)
+    prepare_folders(layout, tenant)
     secrets_ = load_secrets(layout)
     ports = ctx.ports.allocate(spec.name)
     reqs_raw = fetch(
@@ -82,7 +86,14 @@ def prepare(ctx: Context, spec: EnvironmentSpec, progress: Progress) -> Prepared
         "startup script",
     )
     ctx.check_stopping()
-    install = ensure_install(ctx.data_dir, spec.airflow_version, requirements, progress)
+    install = ensure_install(
+        ctx.data_dir,
+        spec.airflow_version,
+        requirements,
+        progress,
+        builder=tenant if tenant.isolated else None,
+        cache=layout.home / ".cache" / "uv",
+    )
     ctx.check_stopping()
     if ctx.airflow_database_url:
         conn = database.pg_airflow_url(ctx.airflow_database_url, spec.name, secrets_.db_password)
@@ -96,13 +107,16 @@ def materialize(ctx: Context, prepared: Prepared, progress: Progress) -> None:
     spec = prepared.spec
     layout = ctx.layout(spec.name)
     state = load_state(layout)
-    if state.get("plugins") != prepared.plugins_hash:
+    tenant = ctx.tenant(spec.name)
+    if state.get("plugins") != prepared.plugins_hash or not layout.plugins.is_dir():
         unpack_plugins(layout.plugins, prepared.plugins)
+        share_tree(layout.plugins, tenant)
     if prepared.startup is None:
         layout.startup_script.unlink(missing_ok=True)
     else:
-        write_atomic(layout.startup_script, prepared.startup, mode=0o700)
-    write_passwords(layout, prepared.secrets)
+        write_atomic(layout.startup_script, prepared.startup, mode=0o600)
+        share_file(layout.startup_script, tenant)
+    write_passwords(layout, prepared.secrets, tenant.owner())
     ensure_database(ctx, prepared, state, progress)
     ctx.check_stopping()
     save_state(
@@ -118,6 +132,16 @@ def materialize(ctx: Context, prepared: Prepared, progress: Progress) -> None:
         raise RuntimeFailure(
             "S3_ACCESS_FAILED", f"reading s3://{spec.source_bucket}/{spec.dag_s3_path}: {exc}"
         ) from exc
+
+
+def provision_tenant(ctx: Context, spec: EnvironmentSpec) -> Tenant:
+    """The environment's user (made at its first provision) and cgroups, limits per class."""
+    if ctx.tenancy is None:
+        return SERVER
+    limits = limits_for(
+        spec.environment_class, max_workers=spec.max_workers, celery=bool(ctx.broker_url)
+    )
+    return ctx.tenancy.provision(spec.name, limits)
 
 
 def check_plugins(data: bytes) -> None:

@@ -95,9 +95,10 @@ def _secret_fields(layout: Layout) -> dict[str, Any]:
     return data
 
 
-def write_passwords(layout: Layout, value: Secrets) -> None:
-    """SimpleAuthManager's passwords file, from the secrets (Airflow reads it)."""
-    write_json(layout.passwords, value.passwords, mode=0o600)
+def write_passwords(layout: Layout, value: Secrets, owner: tuple[int, int] | None = None) -> None:
+    """SimpleAuthManager's passwords file, from the secrets (Airflow reads it, as the
+    environment's user: ``owner``)."""
+    write_json(layout.passwords, value.passwords, mode=0o600, owner=owner)
 
 
 def load_state(layout: Layout) -> dict[str, object]:
