@@ -37,3 +37,4 @@ bench: install
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/endpoint.py
 	$(BIN)/python bench/autoscale.py
+	$(BIN)/python bench/isolation.py

@@ -60,8 +60,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
-from openmwaa.runtime.base import RuntimeFailure
-from openmwaa.runtime.celery import check_broker, purge_redis_keys, running_tasks
+from openmwaa.runtime.brokers.redis_acl import RespError, purge_keys
+from openmwaa.runtime.celery import check_broker, running_tasks
 from openmwaa.runtime.installs import DEFAULT_VERSION, ensure_install
 from openmwaa.runtime.supervisor import read_pidfile, terminate
 
@@ -598,8 +598,8 @@ def raw_airflow(
         terminate(procs, grace=20)
         with psycopg.connect(admin, autocommit=True) as db:
             db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        with contextlib.suppress(RuntimeFailure):
-            purge_redis_keys(install / "bin" / "python", broker, f"{queue}:")
+        with contextlib.suppress(OSError, RespError):
+            purge_keys(broker, f"{queue}:")
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -298,8 +298,10 @@ def resp_call(url, *command):
 
 
 def redis_denied(exc):
-    return isinstance(exc, RespError) and str(exc).split(" ", 1)[0] in (
-        "NOPERM", "NOAUTH", "WRONGPASS")
+    # A script naming another tenant's key gets "ERR ... can't access ... keys".
+    return isinstance(exc, RespError) and (
+        str(exc).split(" ", 1)[0] in ("NOPERM", "NOAUTH", "WRONGPASS")
+        or "can't access" in str(exc))
 
 
 def redis_keys(p):

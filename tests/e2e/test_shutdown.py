@@ -9,8 +9,11 @@ reconciler that leaves CREATING/UPDATING to the next start.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -71,8 +74,13 @@ def test_stop_during_an_install_is_prompt_and_resumed(
     bucket = data_dir / "buckets" / BUCKET
     (bucket / "dags").mkdir(parents=True)
     (bucket / "dags" / "resumed.py").write_text(simple_dag("resumed"))
-    started = tmp_path / "build-started"
-    package = _slow_package(tmp_path, started)
+    # The build runs as the environment's user: the package and its mark live in a folder
+    # it can reach (pytest's are closed to other users).
+    open_dir = Path(tempfile.mkdtemp(prefix="openmwaa-slowpkg-"))
+    os.chmod(open_dir, 0o777)  # noqa: S103
+    started = open_dir / "build-started"
+    package = _slow_package(open_dir, started)
+    os.chmod(package, 0o777)  # noqa: S103 - a build may write beside its sources
     (bucket / "requirements.txt").write_text(f"slowpkg @ file://{package}\n")
 
     server = Server(data_dir, [])
@@ -118,3 +126,4 @@ def test_stop_during_an_install_is_prompt_and_resumed(
         server.stop()
         for proc in _builds(package):
             proc.kill()
+        shutil.rmtree(open_dir, ignore_errors=True)

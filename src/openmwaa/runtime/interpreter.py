@@ -66,7 +66,9 @@ def shared_copy(program: str | Path, base: Path) -> Path:
             lib / version,
             tmp / "lib" / version,
             symlinks=True,
-            ignore=shutil.ignore_patterns("site-packages", "__pycache__", "test", "tests"),
+            # Compiled modules come along (their sources' times kept, so they stay valid):
+            # the copy's users cannot write them, and would compile on every start.
+            ignore=shutil.ignore_patterns("site-packages", "test", "tests"),
         )
         (tmp / "lib" / version / "site-packages").mkdir(exist_ok=True)
         _open_to_all(tmp)

@@ -91,7 +91,12 @@ class LocalBackend:
             roles=roles,
         )
         if self.ctx.tenancy is not None and self.ctx.tenancy.isolated:
-            self.ctx.environments = placement.expose(data_dir)["environments"]
+            try:
+                self.ctx.environments = placement.expose(data_dir)["environments"]
+            except (placement.PlacementError, OSError) as exc:
+                raise RuntimeFailure(
+                    "CONFIGURATION", f"environments' folders cannot be made reachable: {exc}"
+                ) from exc
 
     # Shared parts, for tests and tools.
     @property
