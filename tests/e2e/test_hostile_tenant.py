@@ -515,7 +515,9 @@ def _attack(server: Server, outcome: Outcome, targets: dict[str, Any], attacks: 
         outcome.logs[task] = _task_log(server, a, outcome.run_id, task)
     outcome.leftovers = _marked(targets["fork_bomb"]["mark"]) if "fork_bomb" in attacks else []
     try:
-        outcome.a_status_after = wait_status(mwaa, a, {"AVAILABLE"}, 120)["Status"]
+        # A's own components may have failed while its fork bomb held its pids limit: the
+        # supervisor calls them crash-looping until one has run STABLE_AFTER (120 s).
+        outcome.a_status_after = wait_status(mwaa, a, {"AVAILABLE"}, 240)["Status"]
     except AssertionError as exc:
         outcome.a_status_after = str(exc)
     outcome.a_diagnosis = _diagnosis(server, outcome)

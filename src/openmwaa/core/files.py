@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,23 @@ def read_json(path: Path, *, expect: type = dict) -> Any:
     if not isinstance(data, expect):
         raise StateFileError(path, f"holds a {type(data).__name__}, not a {expect.__name__}")
     return data
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """``top`` and everything in it given to ``uid:gid``; links are changed, never followed."""
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def open_tree(top: Path) -> None:
+    """Everything in ``top`` readable by everyone (folders passable, programs runnable),
+    writable by its owner alone: software that every environment's user runs."""
+    for dirpath, _dirnames, filenames in os.walk(top):
+        os.chmod(dirpath, 0o755)  # noqa: S103 - read-only for everyone by design
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode):
+                os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)  # noqa: S103

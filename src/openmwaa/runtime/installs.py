@@ -26,7 +26,6 @@ import hashlib
 import os
 import re
 import shutil
-import stat
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from openmwaa.core.files import chown_tree, open_tree
 from openmwaa.runtime import interpreter
 from openmwaa.runtime.base import Progress, RuntimeFailure
 from openmwaa.runtime.children import HELPERS, inherited_env
@@ -265,7 +265,7 @@ def ensure_install(
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=runtimes))
         try:
             _build(tmp, version, constraints, reqs, say, work)
-            make_readable(tmp)
+            open_tree(tmp)
             if final.exists():
                 shutil.rmtree(final)  # an unfinished install from an interrupted build
             os.rename(tmp, final)
@@ -420,37 +420,16 @@ def _give(folder: Path, work: _Work) -> None:
     owner = work.builder.owner() if work.builder else None
     if owner is None:
         return
-    _chown_tree(folder, *owner)
+    chown_tree(folder, *owner)
 
 
 def _take_back(folder: Path, work: _Work) -> None:
     """The built install becomes the server's again (its user can change it no more)."""
     if work.builder is not None:
-        _chown_tree(folder, os.geteuid(), os.getegid())
-
-
-def _chown_tree(top: Path, uid: int, gid: int) -> None:
-    os.chown(top, uid, gid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in (*dirnames, *filenames):
-            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+        chown_tree(folder, os.geteuid(), os.getegid())
 
 
 _readable: set[Path] = set()
-
-
-def make_readable(top: Path) -> None:
-    """Every file of an install readable (and folders passable) by everyone, written by
-    none but its owner: environments' users run it, read-only."""
-    for dirpath, _dirnames, filenames in os.walk(top):
-        os.chmod(dirpath, 0o755)  # noqa: S103 - read-only for everyone by design
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode):
-                continue
-            executable = mode & stat.S_IXUSR
-            os.chmod(path, 0o755 if executable else 0o644)  # noqa: S103
 
 
 def _readable_once(install: Path) -> None:
@@ -460,7 +439,7 @@ def _readable_once(install: Path) -> None:
             return
         _readable.add(install)
     if os.stat(install).st_mode & 0o005 != 0o005:
-        make_readable(install)
+        open_tree(install)
 
 
 def _migrate_template(install: Path) -> None:

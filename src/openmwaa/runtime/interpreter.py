@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from openmwaa.core.files import open_tree
 from openmwaa.runtime.base import RuntimeFailure
 
 _READY = ".openmwaa-ready"
@@ -71,7 +72,7 @@ def shared_copy(program: str | Path, base: Path) -> Path:
             ignore=shutil.ignore_patterns("site-packages", "test", "tests"),
         )
         (tmp / "lib" / version / "site-packages").mkdir(exist_ok=True)
-        _open_to_all(tmp)
+        open_tree(tmp)
         (tmp / _READY).write_text(str(real) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -84,13 +85,3 @@ def shared_copy(program: str | Path, base: Path) -> Path:
             f"copied to {base}: {exc}",
         ) from exc
     return target / "bin" / real.name
-
-
-def _open_to_all(top: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(top):
-        os.chmod(dirpath, 0o755)  # noqa: S103 - an interpreter everyone runs
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if not stat.S_ISLNK(mode):
-                os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)  # noqa: S103

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from openmwaa.core.files import chown_tree
 from openmwaa.runtime.local.layout import SERVER_FOLDERS, SHARED_FOLDERS, Layout
 from openmwaa.runtime.tenancy import Tenant
 
@@ -37,16 +38,11 @@ def prepare_folders(layout: Layout, tenant: Tenant) -> None:
     home = layout.home
     if os.lstat(home).st_uid != uid:
         # Made before the environment had a user of its own (or by an earlier user).
-        give_tree(home, uid, gid)
+        chown_tree(home, uid, gid)
+    for folder in (layout.task_logs, layout.celery_run):  # made just now, as the server
+        if os.lstat(folder).st_uid != uid:
+            os.chown(folder, uid, gid, follow_symlinks=False)
     os.chmod(home, 0o700)
-
-
-def give_tree(top: Path, uid: int, gid: int) -> None:
-    """Make ``top`` and everything in it the environment user's (links are not followed)."""
-    os.chown(top, uid, gid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in (*dirnames, *filenames):
-            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
 def share_tree(top: Path, tenant: Tenant) -> None:
