@@ -41,6 +41,7 @@ def remove_test_tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     if os.geteuid() != 0:
         return
     from openmwaa.runtime.tenancy import placement, users
+    from openmwaa.runtime.tenancy.cgroups import Cgroups
 
     basetemp = tmp_path_factory.getbasetemp().resolve()
     if len(basetemp.parts) < 3:  # never / nor /tmp itself
@@ -51,6 +52,11 @@ def remove_test_tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         except users.UserError as e:
             warnings.warn(f"test user left behind: {e}", stacklevel=1)
     for folder in placement.placements_of(str(basetemp)):
+        cgroups = Cgroups(folder.name)  # named, as the folder, after the server's data dir
+        if cgroups.available:
+            for env in cgroups.environments():
+                cgroups.remove(env)
+            cgroups.remove_instance()
         shutil.rmtree(folder, ignore_errors=True)
 
 

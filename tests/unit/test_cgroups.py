@@ -21,7 +21,7 @@ import pytest
 from openmwaa.runtime.tenancy import Tenant
 from openmwaa.runtime.tenancy import cgroups as cgroups_module
 from openmwaa.runtime.tenancy.cgroups import Cgroups
-from openmwaa.runtime.tenancy.limits import Limits
+from openmwaa.runtime.tenancy.limits import Limits, host_cpus
 
 MIB = 1024**2
 SMALL = Limits(cpus=1.0, memory_bytes=64 * MIB, pids=50)
@@ -268,7 +268,7 @@ def test_v1_a_missing_limit_file_is_logged_and_the_rest_is_set(
     cgroups = Cgroups("i1", root=tmp_path)
     assert (cgroups.available, cgroups.version, cgroups.problem) == (True, 1, None)
     with caplog.at_level(logging.WARNING):
-        files = cgroups.ensure("env", Limits(cpus=2.0, memory_bytes=3 * 1024**3, pids=999))
+        files = cgroups.ensure("env", Limits(cpus=1.0, memory_bytes=3 * 1024**3, pids=999))
     assert sorted(f.parent.parent.parent.parent.name for f in files) == [
         "cpu,cpuacct",
         "memory",
@@ -276,8 +276,11 @@ def test_v1_a_missing_limit_file_is_logged_and_the_rest_is_set(
     ]
     group = tmp_path / "memory" / "openmwaa" / "i1" / "env"
     assert (group / "memory.limit_in_bytes").read_text() == str(3 * 1024**3)
-    assert (tmp_path / "cpu,cpuacct/openmwaa/i1/env/cpu.cfs_quota_us").read_text() == "200000"
-    assert (tmp_path / "cpu,cpuacct/openmwaa/i1/env/cpu.shares").read_text() == "2048"
+    assert (tmp_path / "cpu,cpuacct/openmwaa/i1/env/cpu.cfs_quota_us").read_text() == "100000"
+    assert (tmp_path / "cpu,cpuacct/openmwaa/i1/env/cpu.shares").read_text() == "1024"
+    # As many CPUs as the host has: no quota (it would only throttle bursts), shares stay.
+    cgroups.ensure("env", Limits(cpus=float(host_cpus()), memory_bytes=3 * 1024**3, pids=999))
+    assert (tmp_path / "cpu,cpuacct/openmwaa/i1/env/cpu.cfs_quota_us").read_text() == "-1"
     assert (tmp_path / "pids/openmwaa/i1/env/pids.max").read_text() == "999"
     # memory.memsw.limit_in_bytes is missing here (swap accounting off), and now one more.
     (group / "memory.oom_control").unlink()

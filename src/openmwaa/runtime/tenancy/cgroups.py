@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from openmwaa.runtime.tenancy.limits import Limits
+from openmwaa.runtime.tenancy.limits import Limits, host_cpus
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ V2_CONTROLLERS = ("cpu", "memory", "pids")
 CFS_PERIOD_US = 100_000
 SHARES_PER_CPU = 1024
 WEIGHT_PER_CPU = 100
+BUSY_PER_CPU = 4
+"""The groups above the environments weigh as much as this many busy processes per host
+CPU: against the server and the databases (each process its own weight, outside), all
+environments together would otherwise weigh as one process, and run slower than they
+did outside cgroups on a busy host."""
 UNLIMITED = 1 << 62
 """v1 reports "no limit" as a page-aligned 2**63 - 1; anything this large is no limit."""
 REMOVE_TIMEOUT = 5.0
@@ -235,6 +240,16 @@ class Cgroups:
                 return
             time.sleep(0.02)
 
+    def environments(self) -> set[str]:
+        """The environments this server has groups for."""
+        return {
+            group.name
+            for folder in self._instance_dirs
+            if folder.is_dir()
+            for group in folder.iterdir()
+            if group.is_dir()
+        }
+
     def remove_instance(self) -> None:
         """Remove this server's folders (and ``openmwaa/`` itself) where they are empty."""
         for folder in self._instance_dirs:
@@ -251,6 +266,9 @@ class Cgroups:
             _mkdir(folder.parent)
             _mkdir(folder)
             _mkdir(folder / env)
+        weight = str(SHARES_PER_CPU * BUSY_PER_CPU * host_cpus())
+        for parent in (self._v1["cpu"].parent, self._v1["cpu"]):
+            _set(parent / "cpu.shares", weight)
 
     def _limit_v1(self, env: str, limits: Limits) -> None:
         memory = self._v1["memory"] / env
@@ -270,7 +288,7 @@ class Cgroups:
                 log.info("%s: no memory.memsw.limit_in_bytes (swap accounting off)", memory)
         cpu = self._v1["cpu"] / env
         _set(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
-        _set(cpu / "cpu.cfs_quota_us", str(_quota(limits.cpus)))
+        _set(cpu / "cpu.cfs_quota_us", str(_quota(limits.cpus) or -1))
         _set(cpu / "cpu.shares", str(max(2, round(limits.cpus * SHARES_PER_CPU))))
         _set(self._v1["pids"] / env / "pids.max", str(limits.pids))
 
@@ -299,10 +317,13 @@ class Cgroups:
         _mkdir(top / self.instance)
         _enable_v2(top / self.instance)
         _mkdir(top / self.instance / env)
+        weight = str(min(10_000, WEIGHT_PER_CPU * BUSY_PER_CPU * host_cpus()))
+        for parent in (top, top / self.instance):
+            _set(parent / "cpu.weight", weight)
 
     def _limit_v2(self, env: str, limits: Limits) -> None:
         (group,) = self._groups(env)
-        _set(group / "cpu.max", f"{_quota(limits.cpus)} {CFS_PERIOD_US}")
+        _set(group / "cpu.max", f"{_quota(limits.cpus) or 'max'} {CFS_PERIOD_US}")
         _set(group / "cpu.weight", str(min(10_000, max(1, round(limits.cpus * WEIGHT_PER_CPU)))))
         _set(group / "memory.max", str(limits.memory_bytes))
         # v2 counts swap apart: none, so that swap does not stretch the limit.
@@ -447,6 +468,10 @@ def _pids_in(folder: Path) -> set[int]:
     return {int(line) for line in _read(folder / "cgroup.procs").split() if line.isdigit()}
 
 
-def _quota(cpus: float) -> int:
-    """The CFS quota in microseconds per period (the kernel takes no less than 1 ms)."""
+def _quota(cpus: float) -> int | None:
+    """The CFS quota in microseconds per period (the kernel takes no less than 1 ms); None
+    for as many CPUs as the host has: such a quota limits nothing but still throttles
+    bursts of many threads (the shares keep environments fair)."""
+    if cpus >= host_cpus():
+        return None
     return max(1000, round(cpus * CFS_PERIOD_US))
