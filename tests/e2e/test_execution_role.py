@@ -15,14 +15,13 @@ they stand in for AWS's real endpoints, which tasks would use without them.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aws_roles_support import BUCKET_X, BUCKET_Y, FakeAws, start_moto
-from live_server import NETWORK, Server, wait_status
+from live_server import NETWORK, Server, wait_for, wait_status
 
 NAME = "roles"
 CREATE_TIMEOUT = 300
@@ -125,16 +124,6 @@ def _rest(mwaa: Any, method: str, path: str, **kwargs: Any) -> Any:
     return mwaa.invoke_rest_api(Name=NAME, Method=method, Path=path, **kwargs)["RestApiResponse"]
 
 
-def _until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_tasks_act_with_the_execution_role(server: Server, aws: FakeAws) -> None:
     mwaa = server.client()
     _create(mwaa, NAME, aws.role("reader-x"), BUCKET_X)
@@ -145,7 +134,7 @@ def test_tasks_act_with_the_execution_role(server: Server, aws: FakeAws) -> None
         dags = _rest(mwaa, "GET", "/dags", QueryParameters={"limit": 100})["dags"]
         return any(d["dag_id"] == "roles" for d in dags)
 
-    _until(has_dag, 120, "the DAG mirrored from bucket X with the role")
+    wait_for(has_dag, 120, "the DAG mirrored from bucket X with the role", interval=1)
     _rest(mwaa, "PATCH", "/dags/roles", Body={"is_paused": False})
     # (InvokeRestApi takes paths of up to 64 characters: short names.)
     _rest(mwaa, "POST", "/dags/roles/dagRuns", Body={"logical_date": None, "dag_run_id": "r1"})
@@ -155,7 +144,7 @@ def test_tasks_act_with_the_execution_role(server: Server, aws: FakeAws) -> None
         state = _rest(mwaa, "GET", run_path)["state"]
         return state if state in ("success", "failed") else None
 
-    state = _until(finished, RUN_TIMEOUT, "the DAG run")
+    state = wait_for(finished, RUN_TIMEOUT, "the DAG run", interval=1)
     tasks = _rest(mwaa, "GET", f"{run_path}/taskInstances")["task_instances"]
     states = {t["task_id"]: t["state"] for t in tasks}
     if state != "success":

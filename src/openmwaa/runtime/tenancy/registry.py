@@ -61,15 +61,7 @@ class Tenancy:
         if self.isolated:
             user = users.ensure_user(self.instance, name, f"openmwaa {self.data_dir} {name}")
         procs = self.cgroups.ensure(name, limits) if self.limited else ()
-        tenant = Tenant(
-            user.name if user else None,
-            user.uid if user else None,
-            user.gid if user else None,
-            tuple(procs),
-        )
-        with self._lock:
-            self._tenants[name] = tenant
-        return tenant
+        return self._remember(name, user, procs)
 
     def tenant(self, name: str) -> Tenant:
         """Who the environment's processes run as (what ``provision`` made; nothing is made)."""
@@ -84,6 +76,9 @@ class Tenancy:
         procs = self.cgroups.procs_files(name) if self.limited else ()
         if user is None and not procs:
             return SERVER
+        return self._remember(name, user, procs)
+
+    def _remember(self, name: str, user: users.EnvUser | None, procs: tuple[Path, ...]) -> Tenant:
         tenant = Tenant(
             user.name if user else None,
             user.uid if user else None,
